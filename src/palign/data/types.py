@@ -31,9 +31,7 @@ SEMANTICS: tuple[str, ...] = ("agreement", "paper")
 def check_semantics(semantics: str) -> Semantics:
     """Return ``semantics`` if valid, else raise a one-line :class:`PalignError`."""
     if semantics not in SEMANTICS:
-        raise PalignError(
-            f"unknown semantics {semantics!r}; use one of: {', '.join(SEMANTICS)}"
-        )
+        raise PalignError(f"unknown semantics {semantics!r}; use one of: {', '.join(SEMANTICS)}")
     return semantics  # type: ignore[return-value]
 
 
