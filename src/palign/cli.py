@@ -205,6 +205,14 @@ def cmd_baselines(args: argparse.Namespace) -> None:
     _emit(args, payload, human)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on the embedded default: for now the reference-predictor table."""
+    args.predictors = None
+    args.person = None
+    args.seed = 0
+    cmd_baselines(args)
+
+
 # --- parser -------------------------------------------------------------------------------
 Registrar = Callable[[argparse._SubParsersAction], None]
 EXTRA_COMMANDS: list[Registrar] = []
@@ -245,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the ridge folds (default 0)")
     _fmt_arg(p)
     p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default (see README)")
+    _data_args(p)
+    _fmt_arg(p)
+    p.set_defaults(func=cmd_demo)
 
     for register in EXTRA_COMMANDS:
         register(sub)

@@ -51,7 +51,7 @@ def fetch(
     dest: Path | None = None,
     *,
     timeout: float = 60.0,
-    downloader: Callable[[str, float], bytes] = _download,
+    downloader: Callable[[str, float], bytes] | None = None,
     log: Callable[[str], None] = lambda s: None,
 ) -> Path:
     """Download the release files of ``inventory`` into ``dest`` (default: the user cache).
@@ -62,6 +62,7 @@ def fetch(
     """
     if inventory not in FILES:
         raise PalignError(f"unknown inventory {inventory!r}; use one of: {', '.join(FILES)}")
+    download = downloader or _download
     dest = Path(dest) if dest else default_data_dir(inventory)
     dest.mkdir(parents=True, exist_ok=True)
     for rf in FILES[inventory]:
@@ -70,7 +71,7 @@ def fetch(
             log(f"ok       {rf.name} (already present)")
             continue
         try:
-            data = downloader(rf.url, timeout)
+            data = download(rf.url, timeout)
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             reason = getattr(e, "reason", e)
             raise PalignError(

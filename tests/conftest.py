@@ -1,0 +1,80 @@
+"""Shared fixtures: the PAPI/SD3 release folders from ../shared and a tiny hand-made data set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from palign.data.types import Dataset, Inventory, Item, Person
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path:
+    env = os.environ.get("PALIGN_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "papi"
+
+
+@pytest.fixture(scope="session")
+def papi_dir() -> Path:
+    d = _shared()
+    if not (d / "Test-set.json").is_file():
+        pytest.skip(f"PAPI release files not found in {d} (set PALIGN_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(papi_dir: Path) -> Path:
+    d = papi_dir.parent / "sd3"
+    if not (d / "data.csv").is_file():
+        pytest.skip(f"SD3 data not found in {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def papi(papi_dir: Path) -> Dataset:
+    from palign.data import load_dataset
+
+    return load_dataset(papi_dir, "ipip-neo")
+
+
+def tiny_inventory() -> Inventory:
+    """Two traits: X (facets X1, X2) and Y (facet Y1); stored answers in trait direction."""
+    spec = [
+        ("1", "X1", 1, True),
+        ("2", "X1", -1, True),
+        ("3", "X1", 1, False),
+        ("4", "X2", 1, True),
+        ("5", "X2", -1, False),
+        ("6", "Y1", 1, True),
+        ("7", "Y1", -1, False),
+    ]
+    items = [
+        Item(id=i, text=f"Do thing {i}.", trait=f[0], facet=f, facet_name=f"facet {f}", key=k)
+        for i, f, k, _ in spec
+    ]
+    return Inventory(
+        name="tiny",
+        items=items,
+        traits=["X", "Y"],
+        trait_names={"X": "Ex", "Y": "Why"},
+        shown_ids=[i for i, _, _, s in spec if s],
+        test_ids=[i for i, _, _, s in spec if not s],
+        stored="trait",
+        statement_template="You {item}.",
+    )
+
+
+TINY_STORED = {
+    "p1": {"1": 5, "2": 4, "3": 4, "4": 2, "5": 3, "6": 1, "7": 2},
+    "p2": {"1": 1, "2": 2, "3": 0, "4": 4, "5": 5, "6": 3, "7": 4},
+    "p3": {"1": 3, "2": 3, "3": 3, "4": 3, "5": 1, "6": 5, "7": 5},
+}
+
+
+@pytest.fixture
+def tiny() -> Dataset:
+    inv = tiny_inventory()
+    return Dataset(inv, [Person(id=k, stored=dict(v)) for k, v in TINY_STORED.items()])
