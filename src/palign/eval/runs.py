@@ -1,0 +1,342 @@
+"""Evaluation runs: any method on any model, many persons per forward pass, resumable.
+
+A run folder holds ``config.json`` (the configuration, written first), ``persons/<id>.json``
+(one file per finished person, written atomically as each batch of persons finishes) and
+``results.json`` (the full configuration, versions, timings, the per-trait report and the
+per-person rows). Rerunning the same command resumes: finished persons are skipped. Rerunning
+with a different configuration into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from palign import __version__
+from palign.data.types import Dataset, Person, Semantics
+from palign.errors import PalignError
+from palign.eval.metrics import Report, evaluate
+
+if TYPE_CHECKING:
+    from palign.methods.base import Aligned, Method
+    from palign.models.loading import LoadedModel
+
+READOUTS = ("logits", "generate")
+RESULTS_FORMAT = 1
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run's numbers (stored in every results file).
+
+    Attributes:
+        method: registered method name (``palign.methods.METHODS``).
+        model: model spec (``smollm2``, a hub id, a folder or a ``.gguf`` file).
+        inventory: ``ipip-neo`` or ``sd3``.
+        semantics: ``agreement`` or ``paper``.
+        readout: ``logits`` (one forward per item) or ``generate`` (15-token greedy + parser).
+        seed: seed of every random choice.
+        persons: person ids of the run, in order.
+        data: data folder given (None = default resolution).
+        batch_size: items per forward pass.
+        person_batch: persons aligned and evaluated together (their items share forwards).
+        device: ``auto``, ``cpu``, ``cuda``...
+        dtype: ``auto`` or a torch dtype name.
+        options: method options (e.g. PAS ``k``, ``alpha_grid``).
+    """
+
+    method: str
+    model: str = "smollm2"
+    inventory: str = "ipip-neo"
+    semantics: Semantics = "agreement"
+    readout: str = "logits"
+    seed: int = 0
+    persons: list[str] = field(default_factory=list)
+    data: str | None = None
+    batch_size: int = 32
+    person_batch: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a run folder to be resumed."""
+        d = asdict(self)
+        for k in ("persons", "data", "batch_size", "person_batch", "device"):
+            d.pop(k)
+        return d
+
+
+def versions() -> dict[str, str]:
+    """Versions of palign and the libraries that shape its numbers."""
+    out = {"palign": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "transformers"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover
+            pass
+    return out
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file + rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_aligned(
+    lm: LoadedModel,
+    dataset: Dataset,
+    aligned: list[Aligned],
+    item_ids: list[str],
+    readout: str = "logits",
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Ask every test item for every aligned person in one readout call.
+
+    Persons' items are interleaved into shared batches; steering vectors (if any) are stacked
+    into one table so persons with different vectors share each forward pass.
+    Returns one prediction record per aligned state: ``answers`` (item -> 1..5, 0 = unparsed),
+    ``expected``, ``probs`` and (generate readout) ``texts``.
+    """
+    import torch
+
+    from palign.models.readout import ReadRequest, generate_answers, option_probs
+
+    inv = dataset.inventory
+    statements = [inv.statement(inv.item(i)) for i in item_ids]
+    rows: list[torch.Tensor] = []
+    requests = []
+    for a in aligned:
+        steer = None
+        if a.steering is not None:
+            steer = len(rows)
+            rows.append(a.steering)
+        requests += [ReadRequest(a.system_prompt, s, steer) for s in statements]
+    table = torch.stack(rows) if rows else None
+    if readout == "logits":
+        out = option_probs(lm, requests, batch_size=batch_size, steering=table, progress=progress)
+    elif readout == "generate":
+        out = generate_answers(lm, requests, batch_size=batch_size, steering=table)
+    else:
+        raise PalignError(f"unknown readout {readout!r}; use one of: {', '.join(READOUTS)}")
+    n = len(item_ids)
+    records = []
+    for k, _ in enumerate(aligned):
+        sl = slice(k * n, (k + 1) * n)
+        rec: dict[str, Any] = {
+            "answers": {i: int(v) for i, v in zip(item_ids, out.answers[sl])},
+            "expected": {
+                i: (None if np.isnan(v) else round(float(v), 5))
+                for i, v in zip(item_ids, out.expected[sl])
+            },
+            "probs": {
+                i: (None if np.isnan(p).any() else [round(float(x), 5) for x in p])
+                for i, p in zip(item_ids, out.probs[sl])
+            },
+        }
+        if out.texts is not None:
+            rec["texts"] = dict(zip(item_ids, out.texts[sl]))
+        records.append(rec)
+    return records
+
+
+def _check_config(out: Path, cfg: RunConfig) -> None:
+    path = out / "config.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise PalignError(
+                f"{path} is not valid JSON; delete the folder or use another --out"
+            ) from None
+        if old.get("identity") != cfg.identity():
+            diff = sorted(
+                k for k in cfg.identity() if old.get("identity", {}).get(k) != cfg.identity()[k]
+            )
+            raise PalignError(
+                f"{out} holds a run with a different configuration ({', '.join(diff)}); "
+                f"use another --out or delete it"
+            )
+    write_json_atomic(path, {"identity": cfg.identity(), "config": asdict(cfg)})
+
+
+def load_person_results(out: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Finished person records of a run folder (ids not finished are absent)."""
+    done = {}
+    for pid in ids:
+        p = out / "persons" / f"{pid}.json"
+        if p.is_file():
+            try:
+                done[pid] = json.loads(p.read_text())
+            except json.JSONDecodeError:  # an external truncation: redo that person
+                continue
+    return done
+
+
+def run_eval(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    lm: LoadedModel | None = None,
+    dataset: Dataset | None = None,
+    method: Method | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) an evaluation and write ``results.json``; returns its content."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.methods import MethodConfig, get_method
+
+    check_inventory(cfg.inventory)
+    check_semantics(cfg.semantics)
+    if cfg.readout not in READOUTS:
+        raise PalignError(f"unknown readout {cfg.readout!r}; use one of: {', '.join(READOUTS)}")
+    method = method or get_method(cfg.method, MethodConfig(cfg.semantics, cfg.seed, cfg.options))
+    dataset = dataset or load_dataset(cfg.data, cfg.inventory)
+    persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
+    cfg.persons = [p.id for p in persons]
+    out = Path(out)
+    _check_config(out, cfg)
+    done = load_person_results(out, cfg.persons)
+    todo = [p for p in persons if p.id not in done]
+    t_load = 0.0
+    t0 = time.perf_counter()
+    if todo:
+        if lm is None:
+            from palign.models.loading import load_model
+
+            t = time.perf_counter()
+            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            t_load = time.perf_counter() - t
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        t = time.perf_counter()
+        method.setup(lm, dataset)
+        t_setup = time.perf_counter() - t
+        item_ids = dataset.inventory.test_ids
+        shared: dict[str, Any] | None = None
+        bar = tqdm(
+            total=len(persons),
+            initial=len(done),
+            desc=f"{cfg.method}",
+            unit="person",
+            disable=not progress,
+        )
+        step = max(1, cfg.person_batch)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            t = time.perf_counter()
+            if method.person_independent:
+                if shared is None:
+                    a = method.fit(lm, dataset, chunk[0])
+                    shared = predict_aligned(
+                        lm, dataset, [a], item_ids, cfg.readout, cfg.batch_size
+                    )[0]
+                    shared["info"] = a.info
+                recs = [dict(shared) for _ in chunk]
+            else:
+                aligned = [method.fit(lm, dataset, p) for p in chunk]
+                recs = predict_aligned(lm, dataset, aligned, item_ids, cfg.readout, cfg.batch_size)
+                for r, a in zip(recs, aligned):
+                    r["info"] = a.info
+                    if a.system_prompt is not None and cfg.method != "vanilla":
+                        r["system_prompt_chars"] = len(a.system_prompt)
+            dt = (time.perf_counter() - t) / len(chunk)
+            for p, r in zip(chunk, recs):
+                r = {"person": p.id, "seconds": round(dt, 3), **r}
+                write_json_atomic(out / "persons" / f"{p.id}.json", r)
+                done[p.id] = r
+            bar.update(len(chunk))
+        bar.close()
+    else:
+        t_setup = 0.0
+    preds = {pid: r["answers"] for pid, r in done.items()}
+    report = evaluate(dataset.inventory, persons, preds, cfg.semantics, name=cfg.method)
+    result = build_results(
+        cfg,
+        method,
+        lm,
+        report,
+        done,
+        persons,
+        {"load_s": t_load, "setup_s": t_setup, "run_s": time.perf_counter() - t0},
+    )
+    write_json_atomic(out / "results.json", result)
+    return result
+
+
+def build_results(
+    cfg: RunConfig,
+    method: Method,
+    lm: LoadedModel | None,
+    report: Report,
+    done: dict[str, dict[str, Any]],
+    persons: list[Person],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    model_rec: dict[str, Any] = {"spec": cfg.model}
+    if lm is not None:
+        model_rec.update(
+            id=lm.model_id,
+            revision=lm.revision,
+            model_type=getattr(lm.model.config, "model_type", None),
+            device=str(lm.device),
+            dtype=str(lm.dtype).replace("torch.", ""),
+        )
+    secs = [done[p.id].get("seconds", 0.0) for p in persons if p.id in done]
+    rows = []
+    for ps in report.persons:
+        row = ps.to_dict()
+        info = done.get(ps.person_id, {}).get("info") or {}
+        if info:
+            row["info"] = info
+        rows.append(row)
+    return {
+        "format": RESULTS_FORMAT,
+        "config": asdict(cfg),
+        "method": method.record(),
+        "model": model_rec,
+        "versions": versions(),
+        "timings": {
+            **{k: round(v, 3) for k, v in timings.items()},
+            "seconds_per_person": round(float(np.mean(secs)), 3) if secs else None,
+        },
+        "report": report.to_dict(),
+        "persons": rows,
+    }
+
+
+def load_results(folder: str | Path) -> dict[str, Any]:
+    """Read a run folder's ``results.json`` or raise a one-line :class:`PalignError`."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise PalignError(f"{path} not found; pass a folder written by 'palign eval --out DIR'")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise PalignError(
+            f"{path} is not valid JSON; rerun 'palign eval' into that folder"
+        ) from None
+    if "report" not in d or "config" not in d:
+        raise PalignError(f"{path} is not a palign results file")
+    return d

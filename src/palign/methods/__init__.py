@@ -1,0 +1,11 @@
+"""Alignment methods, one module each, behind :class:`~palign.methods.base.Method`."""
+
+from palign.methods import few_shot, personality_prompt, vanilla  # noqa: E402,F401  (registration)
+from palign.methods.base import METHODS, Aligned, Method, MethodConfig, get_method, register
+
+try:  # PAS needs the steering layer
+    from palign.methods import pas  # noqa: F401
+except ImportError:  # pragma: no cover - only while steering is being built
+    pass
+
+__all__ = ["METHODS", "Aligned", "Method", "MethodConfig", "get_method", "register"]
