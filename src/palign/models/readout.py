@@ -1,0 +1,473 @@
+"""Read a model's answer to questionnaire items: option probabilities or generated text.
+
+``option_probs`` (the logits readout) runs one forward per item and reads the distribution of
+the next token after the prefill ``"Option ("`` over the five letter tokens ``A``..``E``.
+
+Prefix sharing: requests are grouped by system prompt. Within a group the full prompts are
+tokenized one by one and split at their longest common token prefix
+(:func:`palign.models.prompts.split_prompts`). The prefix is run once (batch 1) and its
+key/value tensors kept; every batch of suffixes gets a fresh ``DynamicCache`` filled from those
+stored tensors (expanded to the batch size), so no forward mutates the stored prefix.
+Suffixes are left-padded *after* the prefix: the attention mask is ones over the prefix plus the
+row's suffix mask, and the position ids are explicit (``prefix_len + rank among the row's real
+tokens``), so each row sees exactly its own unpadded prompt and the readout position is the
+last one (``-1``) for every row. Suffixes are sorted by length to reduce padding.
+
+Steering (``palign.steering.steer``, position ``"last"``) is applied only to the suffix
+forwards; the shared prefix is computed unsteered. Since ``"last"`` steering only touches the
+last position of a forward, which always lies in the suffix, this is exact.
+
+``generate_answers`` decodes greedily from the prompt ending with the prefill ``"Option"`` (as
+the paper's code did) and parses the text with :func:`parse_answer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from palign.errors import PalignError
+from palign.models.loading import LoadedModel, option_token_ids
+from palign.models.prompts import (
+    GENERATE_PREFILL,
+    OPTION_LETTERS,
+    OPTION_TEXTS,
+    build_generate_prompt,
+    build_prompt,
+    encode_prompt,
+    split_prompts,
+)
+
+ANSWER_VALUES = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
+"""Answer value of options A..E (A = Very Accurate = 5)."""
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """One item to read.
+
+    Attributes:
+        system_prompt: system turn; ``None`` = no system turn (or the template's default).
+        statement: the full statement, e.g. ``"You worry about things."``.
+        steer: row of the steering table passed to the readout; ``None`` = unsteered.
+    """
+
+    system_prompt: str | None
+    statement: str
+    steer: int | None = None
+
+
+@dataclass
+class Readout:
+    """Readout of n requests, in request order.
+
+    Attributes:
+        probs: (n, 5) probabilities of A..E renormalised over the five letters (generate:
+            one-hot of the parsed answer, NaN rows where unparsed).
+        answers: (n,) int 1..5 (argmax; 5 = A); 0 where unparsed (generate readout).
+        expected: (n,) sum_k p_k * answer_k (NaN for the generate readout).
+        texts: generated texts (generate readout only), else None.
+    """
+
+    probs: np.ndarray
+    answers: np.ndarray
+    expected: np.ndarray
+    texts: list[str] | None = None
+
+
+# --- helpers --------------------------------------------------------------------------------
+def _forward_params(model: Any) -> Any:
+    return inspect.signature(model.forward).parameters
+
+
+def _cache_kw(model: Any) -> str:
+    """``cache`` (transformers >= 5.x) or ``past_key_values`` (older)."""
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
+
+
+def _out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _keep_last_kw(model: Any) -> dict[str, int]:
+    params = _forward_params(model)
+    if "logits_to_keep" in params:
+        return {"logits_to_keep": 1}
+    if "num_logits_to_keep" in params:
+        return {"num_logits_to_keep": 1}
+    return {}
+
+
+def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a dynamic cache, shape (1, kv_heads, seq, head_dim)."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+
+def _fresh_cache(model: Any, stored: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:
+    """A new DynamicCache holding the stored prefix, expanded to ``batch`` rows."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older signature
+        cache = DynamicCache()
+    for i, (k, v) in enumerate(stored):
+        cache.update(
+            k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:]), i
+        )  # concatenation copies: the stored tensors are never written
+    return cache
+
+
+def _sliding_window(model: Any) -> int | None:
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    win = getattr(cfg, "sliding_window", None)
+    return int(win) if win else None
+
+
+def _steering_rows(
+    requests: Sequence[ReadRequest], steering: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Validate the steering table against the requests' rows."""
+    if steering is None:
+        bad = [r.steer for r in requests if r.steer is not None]
+        if bad:
+            raise PalignError(
+                f"requests ask for steering row {bad[0]} but no steering table was passed; "
+                "pass steering=... or set ReadRequest.steer=None"
+            )
+        return None
+    if not isinstance(steering, torch.Tensor) or steering.dim() != 3:
+        raise PalignError("steering must be a tensor of shape (n_rows, n_layers, hidden)")
+    n = steering.shape[0]
+    for r in requests:
+        if r.steer is not None and not 0 <= r.steer < n:
+            raise PalignError(
+                f"steering row {r.steer} out of range for a table of {n} rows; use 0..{n - 1}"
+            )
+    return steering
+
+
+def _u_batch(
+    steering: torch.Tensor, rows: Sequence[int | None], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    zeros = torch.zeros_like(steering[0])
+    u = torch.stack([steering[r] if r is not None else zeros for r in rows])
+    return u.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _maybe_steer(model: Any, u: torch.Tensor | None) -> Iterator[None]:
+    if u is None:
+        yield
+        return
+    from palign.steering import steer  # lazy: only needed when steering
+
+    with steer(model, u, position="last"):
+        yield
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item")
+
+
+def _groups(requests: Sequence[ReadRequest]) -> dict[str | None, list[int]]:
+    groups: dict[str | None, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.system_prompt, []).append(i)
+    return groups
+
+
+def _chunks(order: list[int], size: int) -> Iterator[list[int]]:
+    for s in range(0, len(order), size):
+        yield order[s : s + size]
+
+
+def _left_pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        if len(s):
+            ids[row, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
+            mask[row, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _empty(texts: bool) -> Readout:
+    return Readout(
+        probs=np.zeros((0, 5)),
+        answers=np.zeros(0, dtype=int),
+        expected=np.zeros(0),
+        texts=[] if texts else None,
+    )
+
+
+# --- logits readout -------------------------------------------------------------------------
+def option_probs(
+    lm: LoadedModel,
+    requests: Sequence[ReadRequest],
+    *,
+    batch_size: int = 16,
+    steering: torch.Tensor | None = None,
+    progress: bool = False,
+) -> Readout:
+    """Probabilities of the options A..E for each request (one forward per item).
+
+    Args:
+        lm: the loaded model.
+        requests: items to read; results come back in this order.
+        batch_size: suffixes per forward.
+        steering: optional (n_rows, n_layers, hidden) table; ``request.steer`` picks a row
+            (``None`` = zeros). Applied at the last position via ``palign.steering.steer``.
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`Readout` with ``probs`` (n, 5), ``answers`` (argmax mapped to 5..1) and
+        ``expected`` (probability-weighted answer); ``texts`` is None.
+    """
+    requests = list(requests)
+    if not requests:
+        return _empty(texts=False)
+    if batch_size < 1:
+        raise PalignError(f"batch_size must be >= 1, got {batch_size}")
+    steering = _steering_rows(requests, steering)
+    model, tok = lm.model, lm.tokenizer
+    device, mdtype = _model_device(model), _model_dtype(model)
+    opt_ids = torch.tensor(option_token_ids(tok), device=device)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    cache_kw, keep_kw = _cache_kw(model), _keep_last_kw(model)
+    window = _sliding_window(model)
+
+    probs = np.zeros((len(requests), 5))
+    bar = _progress(len(requests), progress, "option probs")
+    with torch.no_grad():
+        for system_prompt, idx in _groups(requests).items():
+            prompts = [build_prompt(tok, system_prompt, requests[i].statement) for i in idx]
+            split = split_prompts(tok, prompts)
+            prefix = split.prefix_ids
+            if window is not None and len(prefix) >= window - 1:
+                prefix = []  # a cropped sliding-window cache cannot be re-expanded: no sharing
+            plen = len(prefix)
+            suffixes = [split.prefix_ids[plen:] + s for s in split.suffix_ids]
+            stored: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if plen:
+                out = model(
+                    input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep_kw
+                )
+                stored = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
+            # sort by suffix length (longest first) to reduce padding; without a prefix, rows
+            # are read one at a time (a fully padded query row would have nothing to attend to)
+            order = sorted(range(len(idx)), key=lambda j: -len(suffixes[j]))
+            size = batch_size if plen else 1
+            for chunk in _chunks(order, size):
+                seqs = [suffixes[j] for j in chunk]
+                ids, smask = _left_pad(seqs, pad_id, device)
+                b = ids.shape[0]
+                kwargs: dict[str, Any] = dict(keep_kw)
+                if plen:
+                    kwargs[cache_kw] = _fresh_cache(model, stored, b)
+                ones = torch.ones((b, plen), dtype=smask.dtype, device=device)
+                attn = torch.cat([ones, smask], dim=1)
+                pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
+                u = None
+                if steering is not None:
+                    u = _u_batch(steering, [requests[idx[j]].steer for j in chunk], device, mdtype)
+                with _maybe_steer(model, u):
+                    out = model(
+                        input_ids=ids,
+                        attention_mask=attn,
+                        position_ids=pos,
+                        use_cache=True,
+                        **kwargs,
+                    )
+                logits = out.logits[:, -1, :].float().index_select(-1, opt_ids)
+                p = torch.softmax(logits, dim=-1).cpu().double().numpy()
+                for row, j in enumerate(chunk):
+                    probs[idx[j]] = p[row]
+                if bar is not None:
+                    bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    answers = (5 - probs.argmax(axis=1)).astype(int)
+    return Readout(probs=probs, answers=answers, expected=probs @ ANSWER_VALUES, texts=None)
+
+
+def naive_option_probs(lm: LoadedModel, requests: Sequence[ReadRequest]) -> np.ndarray:
+    """Reference readout: each full prompt alone (batch 1, no cache, no steering).
+
+    Slow; for tests and checks of :func:`option_probs`. Returns (n, 5) probabilities.
+    """
+    model, tok = lm.model, lm.tokenizer
+    device = _model_device(model)
+    opt_ids = option_token_ids(tok)
+    out = np.zeros((len(requests), 5))
+    with torch.no_grad():
+        for i, r in enumerate(requests):
+            ids = encode_prompt(tok, build_prompt(tok, r.system_prompt, r.statement))
+            logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float()
+            out[i] = torch.softmax(logits[opt_ids], dim=-1).cpu().double().numpy()
+    return out
+
+
+# --- generate readout -----------------------------------------------------------------------
+def generate_answers(
+    lm: LoadedModel,
+    requests: Sequence[ReadRequest],
+    *,
+    max_new_tokens: int = 15,
+    batch_size: int = 8,
+    steering: torch.Tensor | None = None,
+    progress: bool = False,
+) -> Readout:
+    """Greedy-decode up to ``max_new_tokens`` after the prefill ``"Option"`` and parse.
+
+    Batches are left-padded. With ``steering``, ``steer(position="last")`` wraps the whole
+    generation, so the prompt's last position and every new token are steered.
+
+    Returns:
+        A :class:`Readout` with the generated ``texts`` (the continuation after ``"Option"``),
+        ``answers`` parsed by :func:`parse_answer` (0 where unparsed), ``probs`` one-hot of
+        the parsed answer (NaN rows where unparsed) and ``expected`` all NaN.
+    """
+    requests = list(requests)
+    if not requests:
+        return _empty(texts=True)
+    if batch_size < 1:
+        raise PalignError(f"batch_size must be >= 1, got {batch_size}")
+    steering = _steering_rows(requests, steering)
+    model, tok = lm.model, lm.tokenizer
+    device, mdtype = _model_device(model), _model_dtype(model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = [
+        encode_prompt(tok, build_generate_prompt(tok, r.system_prompt, r.statement))
+        for r in requests
+    ]
+    order = sorted(range(len(requests)), key=lambda i: -len(encoded[i]))
+    texts: list[str] = [""] * len(requests)
+    bar = _progress(len(requests), progress, "generate")
+    with torch.no_grad():
+        for chunk in _chunks(order, batch_size):
+            ids, mask = _left_pad([encoded[i] for i in chunk], pad_id, device)
+            u = None
+            if steering is not None:
+                u = _u_batch(steering, [requests[i].steer for i in chunk], device, mdtype)
+            with _maybe_steer(model, u):
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=pad_id,
+                )
+            new = out[:, ids.shape[1] :]
+            for row, i in enumerate(chunk):
+                texts[i] = tok.decode(new[row], skip_special_tokens=True)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    answers = np.zeros(len(requests), dtype=int)
+    probs = np.full((len(requests), 5), np.nan)
+    for i, text in enumerate(texts):
+        a = parse_answer(GENERATE_PREFILL + text)
+        if a is not None:
+            answers[i] = a
+            probs[i] = 0.0
+            probs[i, 5 - a] = 1.0
+    return Readout(
+        probs=probs, answers=answers, expected=np.full(len(requests), np.nan), texts=texts
+    )
+
+
+# --- parser ---------------------------------------------------------------------------------
+_LETTER_END = r"(?![A-Za-z])"
+_LETTER_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\(\s*([A-Ea-e])\s*\)"),  # (A)  ( b )
+    re.compile(r"\(([A-E])" + _LETTER_END),  # (A.  or a truncated "(A"
+    re.compile(r"(?<![A-Za-z(])([A-E])\)"),  # A)
+    re.compile(r"\*\*\s*([A-E])\s*\*\*"),  # **A**
+    re.compile(r"(?m)^[\s>*#\-]*([A-E])\s*(?:[.:\]](?![A-Za-z])|$)"),  # line: "A." "A:" "A"
+    re.compile(
+        r"\b(?i:answer|option|choice)s?\s*(?i:is|would\s+be|will\s+be)?\s*[:=\-]?\s*\(?\s*([A-E])"
+        + _LETTER_END
+    ),  # Answer: B / My answer is D / Option A
+    re.compile(
+        r"\b(?i:i\s+(?:would\s+|will\s+)?(?:choose|chose|select|pick))\s+(?i:option\s+)?\(?"
+        r"([A-E])" + _LETTER_END
+    ),  # I choose C
+)
+_ARTICLE_A_PATTERNS = (1, 5, 6)  # patterns where "A" + a lowercase word is the article
+
+_OPTION_TEXT_RE = re.compile(
+    r"\b(" + "|".join(re.escape(t) for t in sorted(OPTION_TEXTS, key=len, reverse=True)) + r")\b",
+    re.IGNORECASE,
+)
+_OPTION_BY_TEXT = {t.lower(): 5 - k for k, t in enumerate(OPTION_TEXTS)}
+_NEGATION_RE = re.compile(r"(?:\b(?:not|never|no)|n't)\s*[(\"'*]*\s*$", re.IGNORECASE)
+
+
+def _negated(text: str, start: int) -> bool:
+    return bool(_NEGATION_RE.search(text[max(0, start - 20) : start]))
+
+
+def parse_answer(text: str) -> int | None:
+    """Parse a free-text answer into 1..5 (A = Very Accurate = 5), or ``None``.
+
+    Accepts a letter A–E in forms like ``"(A)"``, ``"A."``, ``"A)"``, ``"Answer: B"``,
+    ``"My answer is D"``, ``"(C). Neither ..."``, a letter alone, or an option text anywhere
+    (case-insensitive, longest first: ``"Very Inaccurate"`` is E, ``"Neither Accurate Nor
+    Inaccurate"`` is C). A bare capital ``A`` counts only with parentheses, punctuation, an
+    "Answer:"-like context or alone, and not when a lowercase word follows after an answer
+    keyword (``"Answer: A person..."``). Returns ``None`` when nothing is found, when two
+    different options are found, or when a found option is negated ("not (A)") — never
+    guesses.
+    """
+    if not text:
+        return None
+    found: set[int] = set()
+    for k, pattern in enumerate(_LETTER_PATTERNS):
+        for m in pattern.finditer(text):
+            letter = m.group(1).upper()
+            if (
+                k in _ARTICLE_A_PATTERNS
+                and letter == "A"
+                and re.match(r"\s+[a-z]", text[m.end(1) :])
+            ):
+                continue
+            if _negated(text, m.start()):
+                return None
+            found.add(5 - OPTION_LETTERS.index(letter))
+    for m in _OPTION_TEXT_RE.finditer(text):
+        if _negated(text, m.start()):
+            return None
+        found.add(_OPTION_BY_TEXT[m.group(1).lower()])
+    return found.pop() if len(found) == 1 else None
