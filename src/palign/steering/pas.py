@@ -1,0 +1,474 @@
+"""PAS per-person fit on pure tensors: probes, head selection, directions, alpha selection.
+
+Activation layout (fixed): ``acts`` is ``(2 * n_items, n_layers, n_heads, head_dim)`` with
+sample ``2 i`` = item ``i`` answered "A" (Very Accurate) and sample ``2 i + 1`` = item ``i``
+answered "E" (Very Inaccurate); ``answers`` is ``(n_items,)`` on the 1..5 scale (5 = Very
+Accurate), ``0`` or NaN = missing.
+
+Per person:
+
+1. :func:`labels_for`: a sample is 1 if its letter matches the person (A for answer > 3, E
+   for answer < 3), else 0; neutral (3) and missing answers are skipped.
+2. :func:`fit_person`: one logistic probe per head on a seeded 60/40 split *of items* (both
+   samples of an item fall on the same side), heads ranked by validation accuracy
+   (validation log-loss breaks ties), top ``K`` kept; per kept head the normalised
+   mass-mean direction and the std ``sigma`` of the samples' projections on it, over all the
+   person's labelled samples.
+3. :func:`shifts` / :func:`layer_vectors`: the shift ``alpha * sigma * direction`` of each
+   kept head, and its image through ``o_proj``: ``u_l = sum_h W_o[:, h] @ shift_h``.
+4. :func:`select_alpha`: alpha chosen by seeded k-fold cross-validation over the *shown*
+   items only (refit without the held-out fold, score it through a callback).
+   :func:`oracle_alpha` is the separate, explicitly named path that scores test items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from palign.errors import PalignError
+from palign.steering.arch import ArchSpec
+from palign.steering.probes import fit_probes_full, mass_mean_directions, rank_heads
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "DEFAULT_K",
+    "PASFit",
+    "PASResult",
+    "ScoreFn",
+    "WoSource",
+    "fit_pas",
+    "fit_person",
+    "fold_assignment",
+    "labels_for",
+    "layer_vectors",
+    "layer_vectors_grid",
+    "oracle_alpha",
+    "select_alpha",
+    "shifts",
+    "unit_layer_vectors",
+]
+
+DEFAULT_K = 24
+DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
+#: The error of an unparsed/out-of-range prediction (the largest possible on 1..5).
+UNPARSED_ERROR = 4.0
+
+WoSource = ArchSpec | Callable[[int], torch.Tensor] | Sequence[torch.Tensor]
+"""Where ``W_o`` of a layer comes from: an :class:`ArchSpec`, ``layer -> (hidden, H*d)``, or a
+list of per-layer ``(hidden, H*d)`` tensors."""
+
+ScoreFn = Callable[[torch.Tensor, list[int]], Any]
+"""``score_fn(u_by_alpha (n_alpha, L, hidden), item_indices) -> (n_alpha, n_items)``
+predicted answers (1..5) of the given items under each alpha's steering."""
+
+
+def _answers_tensor(answers: Any) -> torch.Tensor:
+    a = torch.as_tensor(np.asarray(answers, dtype=np.float64)).flatten()
+    a = torch.where(torch.isnan(a), torch.zeros_like(a), a)
+    bad = (a != 0) & ((a < 1) | (a > 5))
+    if bool(bad.any()):
+        raise PalignError(
+            f"answers must be 1..5 (0/NaN = missing), got {sorted(set(a[bad].tolist()))[:5]}"
+        )
+    return a
+
+
+def labels_for(answers: Any) -> torch.Tensor:
+    """Sample labels for the fixed layout (sample ``2i`` = "A", ``2i+1`` = "E").
+
+    Args:
+        answers: ``(n_items,)`` answers 1..5, 0/NaN = missing.
+
+    Returns:
+        ``(2 * n_items,)`` int64: 1 = the letter matches the person, 0 = it does not,
+        -1 = skipped (neutral 3 or missing).
+    """
+    a = _answers_tensor(answers)
+    agree = a > 3
+    disagree = (a > 0) & (a < 3)
+    lab_a = torch.where(agree, 1, torch.where(disagree, 0, -1))
+    lab_e = torch.where(agree, 0, torch.where(disagree, 1, -1))
+    return torch.stack([lab_a, lab_e], dim=1).flatten().to(torch.long)
+
+
+@dataclass
+class PASFit:
+    """One person's fitted PAS heads.
+
+    Attributes:
+        heads: kept ``(layer, head)`` pairs, best first.
+        directions: ``(K, head_dim)`` unit mass-mean directions.
+        sigmas: ``(K,)`` std of the samples' projections on each direction.
+        val_accuracy: ``(K,)`` probe validation accuracy of the kept heads.
+        K: number of heads requested.
+        seed: seed of the train/validation split.
+        n_layers: layers of the model.
+        n_heads: query heads per layer.
+        head_dim: width of one head.
+        n_items: items used (non-neutral, answered).
+    """
+
+    heads: list[tuple[int, int]]
+    directions: torch.Tensor
+    sigmas: torch.Tensor
+    val_accuracy: torch.Tensor
+    K: int
+    seed: int
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    n_items: int = 0
+
+
+def _check_acts(acts: torch.Tensor, n_items: int) -> None:
+    if not isinstance(acts, torch.Tensor) or acts.ndim != 4:
+        raise PalignError(
+            "activations must be a (2 * n_items, layers, heads, head_dim) tensor, got "
+            f"{tuple(getattr(acts, 'shape', ()))}"
+        )
+    if acts.shape[0] != 2 * n_items:
+        raise PalignError(
+            f"{acts.shape[0]} activation samples for {n_items} answers; the layout needs "
+            "2 samples per item (A then E)"
+        )
+
+
+def _split_items(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    n_val = min(n - 1, max(1, int(round(val_frac * n))))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def fit_person(
+    acts: torch.Tensor,
+    answers: Any,
+    K: int = DEFAULT_K,
+    seed: int = 0,
+    val_frac: float = 0.4,
+    l2: float = 1.0,
+    steps: int = 8,
+) -> PASFit:
+    """Fit one person's PAS heads and directions.
+
+    Args:
+        acts: ``(2 * n_items, L, H, d)`` activations in the fixed layout (module docstring).
+        answers: ``(n_items,)`` answers 1..5, 0/NaN = missing.
+        K: heads to keep.
+        seed: seed of the 60/40 item split for the probes.
+        val_frac: fraction of items held out to rank the probes.
+        l2: probe L2 penalty (sklearn ``1/C``).
+        steps: Newton steps of the probes.
+
+    Returns:
+        A :class:`PASFit`.
+
+    Raises:
+        PalignError: bad shapes, or fewer than 2 answered non-neutral items.
+    """
+    a = _answers_tensor(answers)
+    _check_acts(acts, a.shape[0])
+    y = labels_for(a)
+    usable = torch.nonzero((a > 0) & (a != 3)).flatten()
+    if usable.numel() < 2:
+        raise PalignError(
+            f"PAS needs at least 2 answered non-neutral items, this person has "
+            f"{usable.numel()}; give more answers"
+        )
+    tr_items, va_items = _split_items(usable.numel(), seed, val_frac)
+    tr_items, va_items = usable[tr_items], usable[va_items]
+
+    def samples(items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([2 * items, 2 * items + 1], dim=1).flatten()
+
+    tr, va = samples(tr_items), samples(va_items)
+    probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
+    heads = rank_heads(probe.val_accuracy, K, tiebreak=probe.val_loss)
+    used = samples(usable)
+    dirs, sig = mass_mean_directions(acts[used], y[used], heads)
+    L, H, d = acts.shape[1:]
+    val_acc = torch.tensor([float(probe.val_accuracy[lh]) for lh in heads])
+    return PASFit(
+        heads=heads,
+        directions=dirs,
+        sigmas=sig,
+        val_accuracy=val_acc,
+        K=int(K),
+        seed=int(seed),
+        n_layers=int(L),
+        n_heads=int(H),
+        head_dim=int(d),
+        n_items=int(usable.numel()),
+    )
+
+
+def shifts(fit: PASFit, alpha: float) -> torch.Tensor:
+    """Per-head shifts ``(L, H, d)``: ``alpha * sigma * direction`` on kept heads, 0 elsewhere."""
+    delta = torch.zeros(fit.n_layers, fit.n_heads, fit.head_dim)
+    for k, (layer, head) in enumerate(fit.heads):
+        delta[layer, head] += float(alpha) * fit.sigmas[k] * fit.directions[k]
+    return delta
+
+
+def _w_o_getter(w_o: WoSource) -> Callable[[int], torch.Tensor]:
+    if isinstance(w_o, ArchSpec):
+        return w_o.w_o
+    if callable(w_o):
+        return w_o
+    seq = list(w_o)
+    return lambda layer: seq[layer]
+
+
+def unit_layer_vectors(fit: PASFit, w_o: WoSource) -> torch.Tensor:
+    """``u`` at ``alpha = 1``: ``(L, hidden)``, ``u_l = W_o[l] @ shifts(fit, 1)[l].flatten()``.
+
+    Only layers with kept heads read ``W_o``. ``u`` at any alpha is ``alpha`` times this.
+    """
+    get = _w_o_getter(w_o)
+    delta = shifts(fit, 1.0).to(torch.float64)
+    layers = sorted({layer for layer, _ in fit.heads})
+    rows: dict[int, torch.Tensor] = {}
+    hidden = None
+    for layer in layers:
+        W = get(layer).detach().to("cpu", torch.float64)
+        if W.ndim != 2 or W.shape[1] != fit.n_heads * fit.head_dim:
+            raise PalignError(
+                f"W_o of layer {layer} has shape {tuple(W.shape)}, expected "
+                f"(hidden, {fit.n_heads * fit.head_dim}); the adapter was fitted for another model"
+            )
+        if hidden is not None and W.shape[0] != hidden:
+            raise PalignError("W_o of different layers have different hidden sizes")
+        hidden = int(W.shape[0])
+        rows[layer] = W @ delta[layer].flatten()
+    if hidden is None:
+        hidden = int(get(0).shape[0])
+    u = torch.zeros(fit.n_layers, hidden, dtype=torch.float64)
+    for layer, row in rows.items():
+        u[layer] = row
+    return u.float()
+
+
+def layer_vectors(fit: PASFit, alpha: float, w_o: WoSource) -> torch.Tensor:
+    """Per-layer steering vectors ``(L, hidden)`` at ``alpha`` (see :func:`unit_layer_vectors`)."""
+    return float(alpha) * unit_layer_vectors(fit, w_o)
+
+
+def layer_vectors_grid(fit: PASFit, alphas: Sequence[float], w_o: WoSource) -> torch.Tensor:
+    """``(n_alpha, L, hidden)``: :func:`layer_vectors` for every alpha of ``alphas``."""
+    unit = unit_layer_vectors(fit, w_o)
+    return torch.stack([float(a) * unit for a in alphas])
+
+
+def _errors(pred: Any, truth: torch.Tensor, n_alpha: int) -> torch.Tensor:
+    p = torch.as_tensor(np.asarray(pred, dtype=np.float64))
+    if p.shape != (n_alpha, truth.shape[0]):
+        raise PalignError(
+            f"score_fn returned shape {tuple(p.shape)}, expected ({n_alpha}, {truth.shape[0]}) "
+            "(alphas, items)"
+        )
+    err = (p - truth.unsqueeze(0)).abs()
+    unparsed = ~torch.isfinite(p) | (p < 1) | (p > 5)
+    return torch.where(unparsed, torch.full_like(err, UNPARSED_ERROR), err)
+
+
+def fold_assignment(
+    n_items: int,
+    k_folds: int,
+    seed: int = 0,
+    item_ids: Sequence[str] | None = None,
+) -> list[list[int]]:
+    """Seeded folds over item positions ``0..n_items-1`` (sorted within each fold).
+
+    With ``item_ids`` the order comes from a seeded hash of each id, so an item's fold does
+    not depend on the order of the items; otherwise from a seeded permutation.
+    """
+    if n_items < 2:
+        raise PalignError(f"cross-validation needs at least 2 answered items, got {n_items}")
+    k = max(2, min(int(k_folds), n_items))
+    if item_ids is not None:
+        if len(item_ids) != n_items:
+            raise PalignError(f"{len(item_ids)} item ids for {n_items} items")
+        keys = [hashlib.sha256(f"{seed}:{iid}".encode()).hexdigest() for iid in item_ids]
+        order = sorted(range(n_items), key=lambda i: (keys[i], i))
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        order = torch.randperm(n_items, generator=gen).tolist()
+    return [sorted(order[f::k]) for f in range(k)]
+
+
+def select_alpha(
+    acts: torch.Tensor,
+    answers: Any,
+    score_fn: ScoreFn,
+    w_o: WoSource,
+    *,
+    grid: Sequence[float] = DEFAULT_ALPHAS,
+    k_folds: int = 5,
+    seed: int = 0,
+    K: int = DEFAULT_K,
+    item_ids: Sequence[str] | None = None,
+) -> tuple[float, dict[float, float]]:
+    """Choose alpha by seeded k-fold cross-validation over the *shown* items.
+
+    For each fold, PAS is refitted on the other folds' items (the held-out items' answers are
+    masked, so their samples are not used), steering vectors for every alpha of ``grid`` are
+    built, and ``score_fn(u_by_alpha, held_out)`` predicts the held-out items. The error of
+    an alpha is the mean absolute error over all held-out items of all folds (an
+    unparsed/out-of-range prediction counts as the maximal error 4). Ties go to the smaller
+    alpha. Test items never enter: ``acts``/``answers`` hold shown items only, and
+    ``held_out`` are positions into them.
+
+    Args:
+        acts: ``(2 * n_shown, L, H, d)`` activations of the shown items (fixed layout).
+        answers: ``(n_shown,)`` the person's shown answers, 0/NaN = missing.
+        score_fn: ``(u_by_alpha (n_alpha, L, hidden), held_out: list[int]) ->
+            (n_alpha, len(held_out))`` predicted answers.
+        w_o: ``W_o`` source (:data:`WoSource`).
+        grid: candidate alphas.
+        k_folds: folds (clipped to the number of answered items).
+        seed: seed of the folds and of the probe splits.
+        K: heads to keep.
+        item_ids: optional ids of the shown items (fold assignment by id, see
+            :func:`fold_assignment`).
+
+    Returns:
+        ``(alpha, {alpha: mean absolute error})``.
+    """
+    alphas = [float(x) for x in grid]
+    if not alphas:
+        raise PalignError("the alpha grid is empty; give at least one alpha")
+    a = _answers_tensor(answers)
+    _check_acts(acts, a.shape[0])
+    if item_ids is not None and len(item_ids) != a.shape[0]:
+        raise PalignError(f"{len(item_ids)} item ids for {a.shape[0]} answers")
+    answered = torch.nonzero(a > 0).flatten()
+    ids = [str(item_ids[i]) for i in answered.tolist()] if item_ids is not None else None
+    folds = fold_assignment(answered.numel(), k_folds, seed, ids)
+    total = torch.zeros(len(alphas), dtype=torch.float64)
+    count = 0
+    for fold in folds:
+        held = answered[torch.tensor(fold, dtype=torch.long)]
+        train_answers = a.clone()
+        train_answers[held] = 0.0
+        fit = fit_person(acts, train_answers, K=K, seed=seed)
+        u = layer_vectors_grid(fit, alphas, w_o)
+        held_list = held.tolist()
+        pred = score_fn(u, held_list)
+        total += _errors(pred, a[held], len(alphas)).sum(dim=1)
+        count += len(held_list)
+    errors = {al: float(total[i] / count) for i, al in enumerate(alphas)}
+    best = min(alphas, key=lambda al: (errors[al], al))
+    return best, errors
+
+
+def oracle_alpha(
+    fit: PASFit,
+    w_o: WoSource,
+    score_fn: ScoreFn,
+    test_answers: Any,
+    grid: Sequence[float] = DEFAULT_ALPHAS,
+) -> tuple[float, dict[float, float]]:
+    """ORACLE: choose alpha by the error on the *test* items (only when explicitly asked).
+
+    This peeks at the answers being predicted; results obtained this way are an upper bound,
+    not an honest evaluation. ``score_fn(u_by_alpha, test_indices)`` gets positions into
+    ``test_answers``; missing test answers are skipped.
+
+    Returns:
+        ``(alpha, {alpha: mean absolute error on the test items})``.
+    """
+    alphas = [float(x) for x in grid]
+    if not alphas:
+        raise PalignError("the alpha grid is empty; give at least one alpha")
+    t = _answers_tensor(test_answers)
+    idx = torch.nonzero(t > 0).flatten()
+    if idx.numel() == 0:
+        raise PalignError("oracle alpha selection needs answered test items")
+    u = layer_vectors_grid(fit, alphas, w_o)
+    err = _errors(score_fn(u, idx.tolist()), t[idx], len(alphas)).mean(dim=1)
+    errors = {al: float(err[i]) for i, al in enumerate(alphas)}
+    best = min(alphas, key=lambda al: (errors[al], al))
+    return best, errors
+
+
+@dataclass
+class PASResult:
+    """A fitted PAS adapter for one person (before saving).
+
+    Attributes:
+        fit: heads and directions fitted on all shown items.
+        alpha: the chosen alpha.
+        alpha_selection: ``"heldout-kfold"`` or ``"fixed"`` (or ``"oracle"``).
+        validation_errors: alpha -> held-out MAE (empty for ``"fixed"``).
+        u: ``(L, hidden)`` steering vectors at ``alpha``.
+        u_unit: ``(L, hidden)`` steering vectors at ``alpha = 1``.
+    """
+
+    fit: PASFit
+    alpha: float
+    alpha_selection: str
+    validation_errors: dict[float, float]
+    u: torch.Tensor
+    u_unit: torch.Tensor
+
+
+def fit_pas(
+    acts: torch.Tensor,
+    answers: Any,
+    w_o: WoSource,
+    *,
+    alpha: float | None = None,
+    score_fn: ScoreFn | None = None,
+    grid: Sequence[float] = DEFAULT_ALPHAS,
+    k_folds: int = 5,
+    seed: int = 0,
+    K: int = DEFAULT_K,
+    item_ids: Sequence[str] | None = None,
+) -> PASResult:
+    """Fit PAS on all shown items; alpha fixed, or selected by :func:`select_alpha`.
+
+    Args:
+        acts: ``(2 * n_shown, L, H, d)`` shown-item activations (fixed layout).
+        answers: ``(n_shown,)`` shown answers.
+        w_o: ``W_o`` source.
+        alpha: a fixed alpha (``alpha_selection="fixed"``); ``None`` = cross-validate
+            over ``grid`` with ``score_fn`` (``"heldout-kfold"``).
+        score_fn: required when ``alpha`` is ``None``.
+        grid, k_folds, seed, K, item_ids: as in :func:`select_alpha`.
+    """
+    if alpha is None:
+        if score_fn is None:
+            raise PalignError("alpha selection needs a score_fn (or give a fixed alpha)")
+        chosen, errors = select_alpha(
+            acts,
+            answers,
+            score_fn,
+            w_o,
+            grid=grid,
+            k_folds=k_folds,
+            seed=seed,
+            K=K,
+            item_ids=item_ids,
+        )
+        how = "heldout-kfold"
+    else:
+        if not math.isfinite(float(alpha)):
+            raise PalignError(f"alpha must be a finite number, got {alpha}")
+        chosen, errors, how = float(alpha), {}, "fixed"
+    fit = fit_person(acts, answers, K=K, seed=seed)
+    unit = unit_layer_vectors(fit, w_o)
+    return PASResult(
+        fit=fit,
+        alpha=chosen,
+        alpha_selection=how,
+        validation_errors=errors,
+        u=chosen * unit,
+        u_unit=unit,
+    )
