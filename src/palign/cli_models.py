@@ -117,6 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=args.dtype,
         options=opts,
+        max_items=args.max_items,
     )
     out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
     res = run_eval(cfg, out, dataset=ds, method=method, progress=not args.quiet)
@@ -199,6 +200,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--persona-model",
         default=None,
         help="personality-prompt: model that writes personas for persons without one",
+    )
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=None,
+        help="only this many test items, spread over the traits (smoke runs; default: all)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pas_args(p)

@@ -103,6 +103,14 @@ def trait_mean(ds: Dataset, semantics: Semantics, seed: int = 0) -> PredictionTa
 
 def ridge(ds: Dataset, semantics: Semantics, seed: int = 0) -> PredictionTable:
     """Ridge map shown -> test answers, fitted on other persons, 5-fold over persons."""
+    from threadpoolctl import threadpool_limits
+
+    # the systems are tiny (121 x 121): BLAS threads only add contention
+    with threadpool_limits(limits=1):
+        return _ridge(ds, semantics, seed)
+
+
+def _ridge(ds: Dataset, semantics: Semantics, seed: int) -> PredictionTable:
     inv = ds.inventory
     x_all = ds.matrix(inv.shown_ids, semantics)
     y_all = ds.matrix(inv.test_ids, semantics)
@@ -121,14 +129,19 @@ def ridge(ds: Dataset, semantics: Semantics, seed: int = 0) -> PredictionTable:
         xte = np.where(np.isnan(x_all[test]), xm, x_all[test])
         mu = xtr.mean(axis=0)
         xc = xtr - mu
-        for j in range(y_all.shape[1]):
-            ok = ~np.isnan(y_all[train, j])
+        ytr = y_all[train]
+        full = ~np.isnan(ytr).any(axis=0)  # targets every training person answered
+        eye = RIDGE_LAMBDA * np.eye(xc.shape[1])
+        if full.any():  # one solve for all of them
+            yc = ytr[:, full] - ytr[:, full].mean(axis=0)
+            w = np.linalg.solve(xc.T @ xc + eye, xc.T @ yc)
+            out[np.ix_(test, np.flatnonzero(full))] = (xte - mu) @ w + ytr[:, full].mean(axis=0)
+        for j in np.flatnonzero(~full):
+            ok = ~np.isnan(ytr[:, j])
             if not ok.any():
                 continue
-            yj = y_all[train, j][ok]
-            xj = xc[ok]
-            a = xj.T @ xj + RIDGE_LAMBDA * np.eye(xj.shape[1])
-            w = np.linalg.solve(a, xj.T @ (yj - yj.mean()))
+            yj, xj = ytr[ok, j], xc[ok]
+            w = np.linalg.solve(xj.T @ xj + eye, xj.T @ (yj - yj.mean()))
             out[test, j] = (xte - mu) @ w + yj.mean()
     return _as_table(ds, np.clip(out, 1.0, 5.0))
 

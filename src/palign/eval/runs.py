@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from palign import __version__
-from palign.data.types import Dataset, Person, Semantics
+from palign.data.types import Dataset, Inventory, Person, Semantics
 from palign.errors import PalignError
 from palign.eval.metrics import Report, evaluate
 
@@ -51,6 +51,8 @@ class RunConfig:
         device: ``auto``, ``cpu``, ``cuda``...
         dtype: ``auto`` or a torch dtype name.
         options: method options (e.g. PAS ``k``, ``alpha_grid``).
+        max_items: evaluate only this many test items, spread over the traits (smoke runs;
+            None = all). Recorded, and part of the run's identity.
     """
 
     method: str
@@ -66,6 +68,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+    max_items: int | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a run folder to be resumed."""
@@ -83,6 +86,24 @@ def versions() -> dict[str, str]:
             out[mod] = __import__(mod).__version__
         except ImportError:  # pragma: no cover
             pass
+    return out
+
+
+def test_items(inventory: Inventory, max_items: int | None = None) -> list[str]:
+    """The test item ids, or ``max_items`` of them taken round-robin over the traits."""
+    ids = inventory.test_ids
+    if max_items is None or max_items >= len(ids):
+        return list(ids)
+    if max_items < 1:
+        raise PalignError("--max-items must be at least 1")
+    by_trait = [[i for i in ids if inventory.item(i).trait == t] for t in inventory.traits]
+    out: list[str] = []
+    k = 0
+    while len(out) < max_items:
+        for group in by_trait:
+            if k < len(group) and len(out) < max_items:
+                out.append(group[k])
+        k += 1
     return out
 
 
@@ -214,6 +235,7 @@ def run_eval(
     dataset = dataset or load_dataset(cfg.data, cfg.inventory)
     persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]
+    item_ids = test_items(dataset.inventory, cfg.max_items)
     out = Path(out)
     _check_config(out, cfg)
     done = load_person_results(out, cfg.persons)
@@ -232,7 +254,6 @@ def run_eval(
         t = time.perf_counter()
         method.setup(lm, dataset)
         t_setup = time.perf_counter() - t
-        item_ids = dataset.inventory.test_ids
         shared: dict[str, Any] | None = None
         bar = tqdm(
             total=len(persons),
@@ -270,7 +291,9 @@ def run_eval(
     else:
         t_setup = 0.0
     preds = {pid: r["answers"] for pid, r in done.items()}
-    report = evaluate(dataset.inventory, persons, preds, cfg.semantics, name=cfg.method)
+    report = evaluate(
+        dataset.inventory, persons, preds, cfg.semantics, name=cfg.method, item_ids=item_ids
+    )
     result = build_results(
         cfg,
         method,
