@@ -341,3 +341,45 @@ def test_unsupported_architecture_names_the_path() -> None:
         resolve_arch(model, o_proj_path="gpt_neox.layers.{i}.attn.o_proj")
     with pytest.raises(PalignError, match="placeholder"):
         resolve_arch(model, o_proj_path="gpt_neox.layers.0.attention.dense")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_and_fp32() -> None:
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(**COMMON)
+    model = tf.LlamaForCausalLM(cfg).eval().to("cuda")
+    arch = resolve_arch(model)
+    ids = _inputs().to("cuda")
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(3, LAYERS, H, arch.head_dim, generator=g)  # CPU float32
+    delta[0] = 0
+    u = torch.stack(
+        [
+            torch.stack([arch.w_o(layer) @ delta[b, layer].flatten() for layer in range(LAYERS)])
+            for b in range(3)
+        ]
+    )
+    before = _logits(model, ids)
+    with steer_heads(model, delta, arch=arch):
+        via_input = _logits(model, ids)
+    with steer(model, u, arch=arch):
+        via_output = _logits(model, ids)
+    torch.testing.assert_close(via_input, via_output, rtol=1e-3, atol=1e-3)
+    assert torch.equal(via_output[0], before[0])
+    acts = capture_head_activations(model, [ids], arch=arch)
+    assert acts.device.type == "cpu" and acts.dtype == torch.float32
+    model.to(torch.bfloat16)
+    arch = resolve_arch(model)
+    with steer(model, u, arch=arch):
+        out = model(input_ids=ids, use_cache=False).logits
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert gen.shape == (3, ids.shape[1] + 3)
+    assert _no_hooks(model)
+    assert arch.w_o(0).dtype == torch.float32 and arch.w_o(0).device.type == "cpu"

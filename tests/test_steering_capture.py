@@ -62,6 +62,8 @@ def test_capture_prompts_left_padding_and_order(model: torch.nn.Module) -> None:
         torch.testing.assert_close(acts[i : i + 1], alone, rtol=1e-4, atol=1e-4)
     with_bos = capture_prompts(model, tok, prompts[:1], add_special_tokens=True)
     assert not torch.allclose(with_bos, acts[:1])
+    via_encode = capture_prompts(model, None, prompts, encode=lambda t: tok(t)["input_ids"])
+    torch.testing.assert_close(via_encode, acts)
     with pytest.raises(PalignError):
         capture_prompts(model, tok, [""])
     with pytest.raises(PalignError):

@@ -216,3 +216,13 @@ def test_fit_pas_fixed_and_selected() -> None:
     assert set(res2.validation_errors) == {0.0, 1.0, 2.0, 4.0, 6.0, 8.0}
     with pytest.raises(PalignError, match="score_fn"):
         fit_pas(acts, answers, W)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_person_on_cuda() -> None:
+    acts, answers, _ = person_data()
+    cpu = fit_person(acts, answers, K=2)
+    gpu = fit_person(acts.cuda(), answers, K=2)
+    assert gpu.heads == cpu.heads
+    torch.testing.assert_close(gpu.directions, cpu.directions, rtol=1e-4, atol=1e-5)
+    assert gpu.directions.device.type == "cpu"

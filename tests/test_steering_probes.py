@@ -118,3 +118,19 @@ def test_probe_input_errors() -> None:
         fit_probes(X, y, [0, 99], [2, 3])
     with pytest.raises(PalignError):
         mass_mean_directions(X, torch.zeros(20, dtype=torch.long), [(0, 0)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probes_on_cuda_match_cpu() -> None:
+    X, y, strengths, _ = planted()
+    tr, va = torch.arange(0, 120), torch.arange(120, 200)
+    cpu = fit_probes_full(X, y, tr, va)
+    gpu = fit_probes_full(X.cuda(), y, tr, va)
+    assert gpu.val_accuracy.device.type == "cpu"
+    assert (cpu.val_accuracy - gpu.val_accuracy).abs().max() <= 1 / 80 + 1e-6
+    torch.testing.assert_close(cpu.weights, gpu.weights, rtol=1e-2, atol=1e-3)
+    assert set(rank_heads(gpu.val_accuracy, 3)) == set(strengths)
+    d_cpu, s_cpu = mass_mean_directions(X, y, list(strengths))
+    d_gpu, s_gpu = mass_mean_directions(X.cuda(), y, list(strengths))
+    torch.testing.assert_close(d_cpu, d_gpu, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s_cpu, s_gpu, rtol=1e-4, atol=1e-5)

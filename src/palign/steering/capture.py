@@ -144,6 +144,7 @@ def capture_prompts(
     batch_size: int = 8,
     add_special_tokens: bool = False,
     progress: bool = False,
+    encode: Callable[[str], Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Capture head activations at the last token of each prompt string.
 
@@ -159,6 +160,9 @@ def capture_prompts(
         add_special_tokens: let the tokenizer add BOS etc.; ``False`` (default) for texts
             that already went through the chat template (which writes BOS itself).
         progress: show a tqdm bar.
+        encode: optional ``text -> token ids`` used instead of ``tokenizer(text)`` (e.g.
+            ``lambda t: palign.models.prompts.encode_prompt(tokenizer, t)``, so capture
+            tokenizes exactly like the readout).
 
     Returns:
         ``(len(prompts), n_layers, n_heads, head_dim)`` float32 on CPU, in prompt order.
@@ -166,7 +170,12 @@ def capture_prompts(
     arch = arch if arch is not None else resolve_arch(model)
     if batch_size < 1:
         raise PalignError(f"batch_size must be >= 1, got {batch_size}")
-    ids = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    if encode is None:
+        ids = [
+            list(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts
+        ]
+    else:
+        ids = [list(encode(p)) for p in prompts]
     if any(len(x) == 0 for x in ids):
         raise PalignError("an empty prompt cannot be captured; check the prompt builder")
     pad_id = getattr(tokenizer, "pad_token_id", None)

@@ -154,7 +154,7 @@ def fit_person(
     seed: int = 0,
     val_frac: float = 0.4,
     l2: float = 1.0,
-    steps: int = 8,
+    steps: int = 10,
 ) -> PASFit:
     """Fit one person's PAS heads and directions.
 
