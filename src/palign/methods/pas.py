@@ -1,0 +1,232 @@
+"""``pas`` and ``pas+few-shot``: per-person activation steering of the best K heads.
+
+Per run (:meth:`PAS.setup`): the contrastive activations of the shown items (each statement
+prompted with the assistant's answer prefilled to "A" and, separately, to "E"; the input of
+every layer's ``o_proj`` at the letter, split into heads) are captured once under the neutral
+system prompt and cached on disk, keyed by model, chat template, inventory and items.
+
+Per person (:meth:`PAS.fit`): probes, head ranking, directions and ``u_l`` come from
+:mod:`palign.steering.pas`. Alpha is chosen from the grid by k-fold cross-validation over the
+person's *shown* items (probes refitted without the held-out fold; for ``pas+few-shot`` the
+held-out items are also removed from the few-shot system prompt), scored with the logits
+readout; then the final vectors are fitted on all shown items. ``alpha_selection="fixed"``
+uses ``alpha``; ``"oracle"`` chooses on the test items, as the original code did, and says so
+in every output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from palign.data.types import Dataset, Person
+from palign.errors import PalignError
+from palign.methods.base import Aligned, Method, MethodConfig, register
+from palign.methods.few_shot import few_shot_prompt
+from palign.models.loading import LoadedModel
+from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
+from palign.steering.pas import DEFAULT_ALPHAS, DEFAULT_K, PASResult, fit_pas, oracle_alpha
+
+DEFAULT_FOLDS = 3
+SELECTIONS = ("heldout", "fixed", "oracle")
+
+
+def contrastive_prompts(lm: LoadedModel, dataset: Dataset, system_prompt: str | None) -> list[str]:
+    """Prompts in the fixed PAS layout: item ``i`` -> samples ``2i`` ("A") and ``2i+1`` ("E")."""
+    inv = dataset.inventory
+    out = []
+    for iid in inv.shown_ids:
+        st = inv.statement(inv.item(iid))
+        out += [
+            build_prompt(lm.tokenizer, system_prompt, st, "A"),
+            build_prompt(lm.tokenizer, system_prompt, st, "E"),
+        ]
+    return out
+
+
+def shown_activations(
+    lm: LoadedModel, dataset: Dataset, arch: Any, batch_size: int = 16, progress: bool = True
+) -> torch.Tensor:
+    """Contrastive head activations of the shown items, from the disk cache when present."""
+    from palign.steering.capture import cached_activations, capture_prompts, text_sha256
+
+    prompts = contrastive_prompts(lm, dataset, NEUTRAL_SYSTEM_PROMPT)
+    key = {
+        "model_id": lm.model_id,
+        "revision": lm.revision,
+        "model_type": getattr(lm.model.config, "model_type", None),
+        "dtype": str(lm.dtype),
+        "inventory": dataset.inventory.name,
+        "items": dataset.inventory.shown_ids,
+        "prompts_sha256": text_sha256("\x00".join(prompts)),
+        "o_proj": [arch.n_layers, arch.n_heads, arch.head_dim],
+    }
+
+    def compute() -> torch.Tensor:
+        return capture_prompts(
+            lm.model,
+            lm.tokenizer,
+            prompts,
+            arch=arch,
+            batch_size=batch_size,
+            progress=progress,
+            encode=lambda t: encode_prompt(lm.tokenizer, t),
+        )
+
+    return cached_activations(key, compute)
+
+
+@register
+class PAS(Method):
+    """PAS with the neutral system prompt.
+
+    Options (``MethodConfig.options``): ``k`` (heads, default 24), ``alpha_grid`` (default
+    0,1,2,4,6,8), ``alpha_selection`` (heldout | fixed | oracle), ``alpha`` (for fixed),
+    ``folds`` (default 3), ``o_proj_path`` (module path template for unknown architectures),
+    ``batch_size`` (readout rows per forward during selection, default 32).
+    """
+
+    name = "pas"
+    description = (
+        "per-person activation steering, neutral system prompt, alpha on held-out shown items"
+    )
+    few_shot = False
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        o = self.config.options
+        self.k = int(o.get("k", DEFAULT_K))
+        self.grid = [float(a) for a in o.get("alpha_grid", DEFAULT_ALPHAS)]
+        self.selection = str(o.get("alpha_selection", "heldout"))
+        self.alpha = o.get("alpha")
+        self.folds = int(o.get("folds", DEFAULT_FOLDS))
+        self.batch_size = int(o.get("batch_size", 32))
+        if self.selection not in SELECTIONS:
+            raise PalignError(
+                f"unknown alpha selection {self.selection!r}; use one of: {', '.join(SELECTIONS)}"
+            )
+        if self.selection == "fixed" and self.alpha is None:
+            raise PalignError("alpha selection 'fixed' needs an alpha (--alpha VALUE)")
+        if self.k < 1:
+            raise PalignError(f"--k must be at least 1, got {self.k}")
+        if not self.grid:
+            raise PalignError("the alpha grid is empty; give at least one alpha")
+        self.acts: torch.Tensor | None = None
+        self.arch: Any = None
+
+    def setup(self, lm: LoadedModel, dataset: Dataset) -> None:
+        """Resolve the architecture and load/capture the contrastive activations."""
+        from palign.steering.arch import resolve_arch
+
+        self.arch = resolve_arch(lm.model, self.config.options.get("o_proj_path"))
+        if self.k > self.arch.n_layers * self.arch.n_heads:
+            raise PalignError(
+                f"--k {self.k} exceeds the model's {self.arch.n_layers * self.arch.n_heads} heads"
+            )
+        self.acts = shown_activations(lm, dataset, self.arch)
+
+    def system_prompt(self, dataset: Dataset, person: Person, hide: set[str] | None = None) -> str:
+        """System prompt of this variant (few-shot prompt without the ``hide`` items)."""
+        if not self.few_shot:
+            return NEUTRAL_SYSTEM_PROMPT
+        if not hide:
+            return few_shot_prompt(dataset.inventory, person, self.config.semantics)
+        masked = Person(person.id, {k: (0 if k in hide else v) for k, v in person.stored.items()})
+        return few_shot_prompt(dataset.inventory, masked, self.config.semantics)
+
+    def _score_fn(
+        self,
+        lm: LoadedModel,
+        dataset: Dataset,
+        person: Person,
+        item_ids: list[str],
+        hide_held: bool,
+    ):
+        from palign.models.readout import ReadRequest, option_probs
+
+        inv = dataset.inventory
+
+        def score(u: torch.Tensor, held: list[int]) -> np.ndarray:
+            ids = [item_ids[i] for i in held]
+            sys_prompt = self.system_prompt(dataset, person, set(ids) if hide_held else None)
+            statements = [inv.statement(inv.item(i)) for i in ids]
+            reqs = [ReadRequest(sys_prompt, s, a) for a in range(u.shape[0]) for s in statements]
+            out = option_probs(lm, reqs, batch_size=self.batch_size, steering=u)
+            return out.answers.reshape(u.shape[0], len(ids))
+
+        return score
+
+    def fit_result(self, lm: LoadedModel, dataset: Dataset, person: Person) -> PASResult:
+        """The PAS fit for one person (alpha selected as configured)."""
+        if self.acts is None:
+            self.setup(lm, dataset)
+        inv = dataset.inventory
+        answers = np.nan_to_num(person.answer_vector(inv, inv.shown_ids, self.config.semantics))
+        if not ((answers > 3) | ((answers > 0) & (answers < 3))).any():
+            raise PalignError(
+                f"person {person.id} has no non-neutral shown answer; PAS needs answers other than 3"
+            )
+        seed = self.config.seed
+        if self.selection == "heldout":
+            score = self._score_fn(lm, dataset, person, inv.shown_ids, hide_held=True)
+            return fit_pas(
+                self.acts,
+                answers,
+                self.arch,
+                score_fn=score,
+                grid=self.grid,
+                k_folds=self.folds,
+                seed=seed,
+                K=self.k,
+                item_ids=inv.shown_ids,
+            )
+        if self.selection == "fixed":
+            return fit_pas(
+                self.acts, answers, self.arch, alpha=float(self.alpha), seed=seed, K=self.k
+            )
+        # oracle: fit on all shown items, then pick alpha on the TEST items
+        res = fit_pas(self.acts, answers, self.arch, alpha=1.0, seed=seed, K=self.k)
+        test = np.nan_to_num(person.answer_vector(inv, inv.test_ids, self.config.semantics))
+        score = self._score_fn(lm, dataset, person, inv.test_ids, hide_held=False)
+        alpha, errors = oracle_alpha(res.fit, self.arch, score, test, grid=self.grid)
+        res.alpha, res.validation_errors, res.alpha_selection = alpha, errors, "oracle"
+        res.u = alpha * res.u_unit
+        return res
+
+    def fit(self, lm: LoadedModel, dataset: Dataset, person: Person) -> Aligned:
+        """Fit, then return the system prompt and the person's steering vectors."""
+        res = self.fit_result(lm, dataset, person)
+        info: dict[str, Any] = {
+            "alpha": res.alpha,
+            "alpha_selection": res.alpha_selection,
+            "validation_errors": {str(k): round(v, 4) for k, v in res.validation_errors.items()},
+            "heads": [list(h) for h in res.fit.heads],
+        }
+        if res.alpha_selection == "oracle":
+            info["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
+        return Aligned(person.id, self.system_prompt(dataset, person), res.u.float(), info)
+
+    def record(self) -> dict[str, Any]:
+        """Configuration for results files."""
+        return {
+            "name": self.name,
+            "seed": self.config.seed,
+            "k": self.k,
+            "alpha_grid": self.grid,
+            "alpha_selection": self.selection,
+            "alpha": self.alpha,
+            "folds": self.folds,
+            "selection_readout": "logits",
+            "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,
+        }
+
+
+@register
+class PASFewShot(PAS):
+    """PAS with the person's few-shot system prompt (the paper's actual setup)."""
+
+    name = "pas+few-shot"
+    description = "PAS steering plus the few-shot system prompt (the paper's setup)"
+    few_shot = True
