@@ -111,6 +111,22 @@ def test_load_local_folder(tiny_folder):
     assert next(lm16.model.parameters()).dtype == torch.bfloat16
 
 
+def test_hub_id_from_offline_cache_records_commit(tiny_folder, tmp_path, offline, monkeypatch):
+    """A hub id resolved from the local HF cache (offline): loads, revision = snapshot hash."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for f in tiny_folder.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    lm = load_model("org/tiny", device="cpu")
+    assert lm.model_id == "org/tiny" and lm.revision == commit
+
+
 def test_device_dtype_and_4bit_errors(tiny_folder):
     assert resolve_dtype("float16") == torch.float16
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32

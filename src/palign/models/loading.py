@@ -14,16 +14,20 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from palign.errors import PalignError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -58,8 +62,8 @@ class LoadedModel:
         dtype: compute dtype.
     """
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     spec: str
     model_id: str
     revision: str | None
@@ -251,7 +255,7 @@ _FIX = (
 )
 
 
-def _load_tokenizer(source: str, spec: str) -> Any:
+def _load_tokenizer(source: str, spec: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -263,7 +267,7 @@ def _load_tokenizer(source: str, spec: str) -> Any:
                 "save the tokenizer into the model folder (tokenizer.save_pretrained)"
             ) from None
         raise PalignError(f"cannot load model {spec!r}: {_first_line(err)}; {_FIX}") from None
-    if isinstance(tok, bool) or not callable(getattr(tok, "encode", None)):
+    if not callable(getattr(tok, "encode", None)):
         raise PalignError(f"model {spec!r} has no usable tokenizer; add one to the model folder")
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
@@ -277,7 +281,7 @@ def _load_tokenizer(source: str, spec: str) -> Any:
 
 def _load_weights(
     source: str, spec: str, device: torch.device, dtype: torch.dtype, load_in_4bit: bool
-) -> Any:
+) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = dict(_dtype_kw(dtype))
@@ -300,6 +304,23 @@ def _load_weights(
         model = model.to(device)
     model.eval()
     return model
+
+
+def _hub_revision(model: PreTrainedModel, repo_id: str) -> str | None:
+    """Commit hash of a hub model: from the config (older transformers) or the HF cache path."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return str(commit)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:
+        return None
+    if not isinstance(path, str):
+        return None
+    m = re.search(r"/snapshots/([0-9a-f]{40})/", path.replace(os.sep, "/"))
+    return m.group(1) if m else None
 
 
 def _check_4bit(device: torch.device) -> None:
@@ -369,7 +390,7 @@ def load_model(
     tok = _load_tokenizer(source, spec)
     model = _load_weights(source, spec, dev, dt, load_in_4bit)
     if revision is None and not os.path.isdir(source):
-        revision = getattr(model.config, "_commit_hash", None)
+        revision = _hub_revision(model, source)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     param = next(model.parameters())
