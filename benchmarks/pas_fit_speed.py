@@ -6,9 +6,11 @@ The fit timed is what runs per person with no model forward: labels, one logisti
 planted class signal on a few heads), 240 samples = 120 items x (A, E).
 
 The baseline is what honest_llama/PAS did: ``LogisticRegression(random_state=0,
-max_iter=1000)`` fitted per head in a Python loop, then scored on the validation split.
-Where the full loop would take over ~60 s, a subset of heads is timed and the total
-extrapolated (said so in the output).
+max_iter=1000)`` fitted per head in a Python loop, then scored on the validation split
+(BLAS limited to one thread). Where the full loop would take over ~60 s (projected from 32
+heads spread over the layers), 128 heads spread over the layers are timed and the total
+extrapolated (said so in the output). The torch fit is timed with torch's default thread
+count and with one thread.
 
 Usage::
 
@@ -80,6 +82,7 @@ def time_torch(
 def time_sklearn(acts: torch.Tensor, answers: np.ndarray) -> dict[str, object]:
     """One LogisticRegression per head, on the same split fit_person uses (seed 0)."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     from palign.steering.pas import _split_items  # same split as the torch fit
 
@@ -94,27 +97,33 @@ def time_sklearn(acts: torch.Tensor, answers: np.ndarray) -> dict[str, object]:
     n, L, H, d = X.shape
     heads = [(layer, head) for layer in range(L) for head in range(H)]
     acc = np.full((L, H), np.nan)
-    t0 = time.perf_counter()
-    done = 0
-    for layer, head in heads:
-        clf = LogisticRegression(random_state=0, max_iter=1000)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            clf.fit(X[tr, layer, head], y[tr])
-        acc[layer, head] = float((clf.predict(X[va, layer, head]) == y[va]).mean())
-        done += 1
-        elapsed = time.perf_counter() - t0
-        if done >= 32 and elapsed / done * len(heads) > SKLEARN_BUDGET_S and done < len(heads):
-            # stop after a subset once the projection exceeds the budget
-            if elapsed > 10.0 or done >= 128:
-                break
-    elapsed = time.perf_counter() - t0
-    total = elapsed / done * len(heads)
+
+    def fit_heads(subset: list[tuple[int, int]]) -> float:
+        t0 = time.perf_counter()
+        for layer, head in subset:
+            clf = LogisticRegression(random_state=0, max_iter=1000)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                clf.fit(X[tr, layer, head], y[tr])
+            acc[layer, head] = float((clf.predict(X[va, layer, head]) == y[va]).mean())
+        return time.perf_counter() - t0
+
+    # BLAS limited to one thread: many tiny fits gain nothing from threads, and threads
+    # that spin on a busy machine make the loop erratic
+    with threadpool_limits(limits=1):
+        probe = heads[:: max(1, len(heads) // 32)]  # spread over all layers
+        projected = fit_heads(probe) / len(probe) * len(heads)
+        if projected <= SKLEARN_BUDGET_S:
+            subset = heads
+        else:
+            subset = heads[:: max(1, len(heads) // 128)]
+        elapsed = fit_heads(subset)
+    done = len(subset)
     out: dict[str, object] = {
         "fits_timed": done,
         "fits_total": len(heads),
         "timed_s": elapsed,
-        "total_s": total,
+        "total_s": elapsed / done * len(heads),
         "extrapolated": done < len(heads),
     }
     if done == len(heads):
@@ -134,6 +143,7 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     results = []
+    print(f"torch {torch.__version__}, {default_threads} threads, load average {load_start}")
     for name, (L, H, d) in SHAPES.items():
         acts, answers = synthetic(L, H, d)
         tt = time_torch(acts.to(device), answers, args.repeats, default_threads)
@@ -160,7 +170,9 @@ def main() -> None:
                     "sklearn_fits_timed": sk["fits_timed"],
                     "sklearn_fits_total": sk["fits_total"],
                     "sklearn_extrapolated": sk["extrapolated"],
-                    "speedup": round(float(sk["total_s"]) / float(tt["median_s"]), 1),
+                    "speedup_vs_best_torch": round(
+                        float(sk["total_s"]) / min(float(tt["median_s"]), float(t1["median_s"])), 1
+                    ),
                 }
             )
             if "heads" in sk:
@@ -172,7 +184,7 @@ def main() -> None:
             extra = (
                 f"   sklearn loop {row['sklearn_probes_s']:.2f} s"
                 f"{' (extrapolated from ' + str(row['sklearn_fits_timed']) + ' fits)' if row['sklearn_extrapolated'] else ''}"
-                f"   speed-up x{row['speedup']}"
+                f"   speed-up x{row['speedup_vs_best_torch']}"
             )
             if "topK_overlap_with_sklearn" in row:
                 extra += f"   top-{K} overlap {row['topK_overlap_with_sklearn']:.2f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +22,16 @@ from palign.steering.pas import (
     select_alpha,
     shifts,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and immune to a busy machine's oversubscription."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 L, H, D, HIDDEN = 5, 4, 6, 10
 PLANTED = {(3, 1): 4.0, (1, 2): 3.0}

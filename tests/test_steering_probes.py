@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,15 @@ from palign.steering.probes import (
     mass_mean_directions,
     rank_heads,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread is faster, and immune to a busy machine's oversubscription."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def planted(
@@ -134,3 +145,14 @@ def test_probes_on_cuda_match_cpu() -> None:
     d_gpu, s_gpu = mass_mean_directions(X.cuda(), y, list(strengths))
     torch.testing.assert_close(d_cpu, d_gpu, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s_cpu, s_gpu, rtol=1e-4, atol=1e-5)
+
+
+def test_mass_mean_skips_unlabelled_samples() -> None:
+    X, y, strengths, _ = planted(n=100)
+    y2 = y.clone()
+    y2[::7] = -1
+    keep = y2 >= 0
+    d1, s1 = mass_mean_directions(X, y2, list(strengths))
+    d2, s2 = mass_mean_directions(X[keep], y[keep], list(strengths))
+    torch.testing.assert_close(d1, d2)
+    torch.testing.assert_close(s1, s2)

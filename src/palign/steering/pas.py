@@ -191,8 +191,7 @@ def fit_person(
     tr, va = samples(tr_items), samples(va_items)
     probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
     heads = rank_heads(probe.val_accuracy, K, tiebreak=probe.val_loss)
-    used = samples(usable)
-    dirs, sig = mass_mean_directions(acts[used], y[used], heads)
+    dirs, sig = mass_mean_directions(acts, y, heads)  # skips the -1 (unlabelled) samples
     L, H, d = acts.shape[1:]
     val_acc = torch.tensor([float(probe.val_accuracy[lh]) for lh in heads])
     return PASFit(

@@ -26,6 +26,9 @@ __all__ = [
 ]
 
 
+_CHUNK_BYTES = 4 << 20
+
+
 def fit_logistic_batched(
     X: torch.Tensor,
     y: torch.Tensor,
@@ -53,9 +56,19 @@ def fit_logistic_batched(
     if X.ndim != 3 or y.ndim != 1 or X.shape[1] != y.shape[0]:
         raise PalignError(f"bad probe shapes: X {tuple(X.shape)}, y {tuple(y.shape)}")
     P, n, d = X.shape
-    dev = X.device
-    Z = torch.cat([X.to(dtype), torch.ones(P, n, 1, dtype=dtype, device=dev)], dim=2)
-    Zt = Z.transpose(1, 2).contiguous()  # (P, d+1, n)
+    Z = torch.empty(P, n, d + 1, dtype=dtype, device=X.device)
+    Z[:, :, :d] = X
+    Z[:, :, d] = 1.0
+    return _newton(Z, y, l2=l2, steps=steps, tol=tol)
+
+
+def _newton(
+    Z: torch.Tensor, y: torch.Tensor, l2: float, steps: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Damped Newton on ``Z`` ``(P, n, d+1)`` whose last column is the intercept's ones."""
+    P, n, d1 = Z.shape
+    d = d1 - 1
+    dev, dtype = Z.device, Z.dtype
     yy = y.to(dev, dtype)
     theta = torch.zeros(P, d + 1, dtype=dtype, device=dev)
     reg = torch.full((d + 1,), float(l2), dtype=dtype, device=dev)
@@ -68,7 +81,7 @@ def fit_logistic_batched(
     refresh = {j * (j + 1) // 2 for j in range(steps + 1)}
     for k in range(steps):
         p = torch.sigmoid(z)
-        grad = torch.bmm(Zt, (p - yy).unsqueeze(2)).squeeze(2) + theta * reg
+        grad = torch.bmm((p - yy).unsqueeze(1), Z).squeeze(1) + theta * reg
         if lu is None or k in refresh:
             # Hessian refreshed at steps 0, 1, 3, 6, 10, ... (growing gaps); in between its
             # LU is reused: the Hessian changes less and less, and the line search below keeps
@@ -153,12 +166,24 @@ def fit_probes_full(
     used = yt[torch.cat([tr, va])]
     if not bool(((used == 0) | (used == 1)).all()):
         raise PalignError("probe labels of the train/validation samples must be 0 or 1")
-
-    def per_head(idx: torch.Tensor) -> torch.Tensor:  # (L*H, len(idx), d)
-        return X[idx.to(X.device)].float().permute(1, 2, 0, 3).reshape(L * H, len(idx), d)
-
-    w, b = fit_logistic_batched(per_head(tr), yt[tr].float(), l2=l2, steps=steps)
-    z = torch.bmm(per_head(va), w.unsqueeze(2)).squeeze(2) + b.unsqueeze(1)  # (P, n_val)
+    dev = X.device
+    P, m = L * H, tr.numel()
+    Xtr = X[tr.to(dev)].float().reshape(m, P, d)
+    # on CPU, heads go in chunks of ~4 MiB of design matrix: the Newton passes then run in
+    # cache (about 1.4x faster than one (L*H, n, d) batch for an 8B model); one batch on GPU
+    chunk = P if dev.type != "cpu" else max(8, _CHUNK_BYTES // (m * (d + 1) * 4))
+    w = torch.empty(P, d, device=dev)
+    b = torch.empty(P, device=dev)
+    ytr = yt[tr].float()
+    for c0 in range(0, P, chunk):
+        c1 = min(P, c0 + chunk)
+        Z = torch.empty(c1 - c0, m, d + 1, dtype=torch.float32, device=dev)  # per-head design
+        Z[:, :, :d] = Xtr[:, c0:c1].transpose(0, 1)
+        Z[:, :, d] = 1.0
+        w[c0:c1], b[c0:c1] = _newton(Z, ytr, l2=l2, steps=steps, tol=1e-5)
+    del Xtr
+    z = torch.einsum("nlhd,lhd->lhn", X[va.to(dev)].float(), w.view(L, H, d))
+    z = z.reshape(L * H, -1) + b.unsqueeze(1)  # (P, n_val)
     yv = yt[va].float().to(z.device)
     acc = ((z > 0).float() == yv).float().mean(dim=1)
     loss = F.binary_cross_entropy_with_logits(z, yv.expand_as(z), reduction="none").mean(dim=1)
@@ -217,12 +242,12 @@ def mass_mean_directions(
     """Normalised mass-mean directions and projection stds for ``heads``.
 
     ``dir = normalise(mean(X[y == 1]) - mean(X[y == 0]))``; ``sigma = std(X @ dir)`` over all
-    the given samples (population std, as honest_llama's ``np.std``). A head whose class
+    the labelled samples (population std, as honest_llama's ``np.std``). A head whose class
     means coincide gets a zero direction.
 
     Args:
-        X: ``(n, L, H, d)`` activations of the samples to use.
-        y: ``(n,)`` labels in {0, 1} (both classes required).
+        X: ``(n, L, H, d)`` activations.
+        y: ``(n,)`` labels in {0, 1}; ``-1`` = skip the sample (both classes required).
         heads: ``[(layer, head), ...]``.
 
     Returns:
@@ -241,6 +266,7 @@ def mass_mean_directions(
     Xk = X[:, li.to(X.device), hi.to(X.device)].double()  # (n, K, d)
     pos, neg = pos.to(X.device), neg.to(X.device)
     diff = Xk[pos].mean(dim=0) - Xk[neg].mean(dim=0)  # (K, d)
+    Xk = Xk[pos | neg]
     norm = diff.norm(dim=1, keepdim=True)
     dirs = torch.where(norm > 0, diff / norm.clamp_min(1e-30), torch.zeros_like(diff))
     proj = torch.einsum("nkd,kd->nk", Xk, dirs)
