@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from palign.data.types import Dataset, Inventory, Item, Person
+from palign.models.loading import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,3 +80,28 @@ TINY_STORED = {
 def tiny() -> Dataset:
     inv = tiny_inventory()
     return Dataset(inv, [Person(id=k, stored=dict(v)) for k, v in TINY_STORED.items()])
+
+
+@pytest.fixture(scope="session")
+def tiny_lm() -> LoadedModel:
+    """A tiny random Llama with the real SmolLM2 tokenizer (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from palign.models.loading import load_model
+
+    tok = load_model("smollm2").tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    return LoadedModel(
+        model, tok, "tiny", "tiny-random-llama", None, torch.device("cpu"), torch.float32
+    )

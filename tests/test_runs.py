@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from palign.cli import main
 from palign.data.types import Dataset
@@ -15,31 +14,6 @@ from palign.eval.runs import RunConfig, load_results, run_eval
 from palign.methods import METHODS, MethodConfig, get_method
 from palign.methods.few_shot import few_shot_prompt
 from palign.models.loading import LoadedModel
-
-
-@pytest.fixture(scope="module")
-def tiny_lm() -> LoadedModel:
-    """A tiny random Llama with the real SmolLM2 tokenizer (no download)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from palign.models.loading import load_model
-
-    tok = load_model("smollm2").tokenizer
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(cfg).eval()
-    return LoadedModel(
-        model, tok, "tiny", "tiny-random-llama", None, torch.device("cpu"), torch.float32
-    )
 
 
 def small(papi: Dataset, n_items: int = 6) -> Dataset:

@@ -1,0 +1,61 @@
+"""The PAPI results table: every method and reference predictor for one model and N persons.
+
+    python benchmarks/papi_table.py --model smollm2 --persons 10 --name smollm2-10
+
+Writes docs/results/<name>.md/.json and PNG plots; runs go to runs/<name>/<method> and are
+reused (finished persons are not recomputed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from palign.data import load_dataset
+from palign.errors import PalignError
+from palign.eval.papi_report import ALL_METHODS, build_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--persons", type=int, default=10)
+    ap.add_argument("--name", default=None, help="report name (default <model>-<persons>)")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS))
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--inventory", default="ipip-neo")
+    ap.add_argument("--semantics", default="agreement")
+    ap.add_argument("--max-items", type=int, default=None)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alpha-selection", default="heldout", choices=("heldout", "oracle", "fixed"))
+    args = ap.parse_args(argv)
+    name = args.name or f"{args.model.replace('/', '_')}-{args.persons}"
+    try:
+        ds = load_dataset(args.data, args.inventory)
+        methods = [m for m in args.methods.split(",") if m]
+        d = build_report(
+            ds,
+            name,
+            args.model,
+            args.persons,
+            methods=methods,
+            semantics=args.semantics,
+            runs_dir=args.runs,
+            out_dir=args.out,
+            max_items=args.max_items,
+            seed=args.seed,
+            options={"alpha_selection": args.alpha_selection},
+        )
+    except PalignError as e:
+        print(f"papi_table: error: {e}", file=sys.stderr)
+        return 2
+    from palign.eval.papi_report import markdown
+
+    print(markdown(d))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
