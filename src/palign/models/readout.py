@@ -231,6 +231,162 @@ def _empty(texts: bool) -> Readout:
 
 
 # --- logits readout -------------------------------------------------------------------------
+class _ReadContext:
+    """Shared state of one :func:`option_probs` call and its two forward strategies."""
+
+    def __init__(
+        self,
+        model: Any,
+        device: torch.device,
+        mdtype: torch.dtype,
+        pad_id: int,
+        cache_kw: str,
+        keep_kw: dict[str, int],
+        opt_ids: torch.Tensor,
+        steering: torch.Tensor | None,
+    ) -> None:
+        self.model, self.device, self.mdtype, self.pad_id = model, device, mdtype, pad_id
+        self.cache_kw, self.keep_kw, self.opt_ids, self.steering = (
+            cache_kw,
+            keep_kw,
+            opt_ids,
+            steering,
+        )
+
+    def _u(self, rows: Sequence[int | None]) -> torch.Tensor | None:
+        if self.steering is None or all(r is None for r in rows):
+            return None
+        return _u_batch(self.steering, rows, self.device, self.mdtype)
+
+    def _store(
+        self,
+        logits: torch.Tensor,
+        keys: Sequence[tuple[str, int | None]],
+        uniq: dict[tuple[str, int | None], list[int]],
+        probs: np.ndarray,
+        bar: Any,
+    ) -> None:
+        p = (
+            torch.softmax(logits.float().index_select(-1, self.opt_ids), dim=-1)
+            .cpu()
+            .double()
+            .numpy()
+        )
+        for row, key in enumerate(keys):
+            for i in uniq[key]:
+                probs[i] = p[row]
+            if bar is not None:
+                bar.update(len(uniq[key]))
+
+    def one_stage(
+        self,
+        stored: list[tuple[torch.Tensor, torch.Tensor]],
+        plen: int,
+        seqs: list[list[int]],
+        keys: list[tuple[str, int | None]],
+        uniq: dict[tuple[str, int | None], list[int]],
+        batch_size: int,
+        probs: np.ndarray,
+        bar: Any,
+    ) -> int:
+        """Each (statement, row) suffix in full after the shared prefix."""
+        # longest first to reduce padding; without a prefix, rows are read one at a time (a
+        # fully padded query row would have nothing to attend to)
+        order = sorted(range(len(keys)), key=lambda j: -len(seqs[j]))
+        size = batch_size if plen else 1
+        for chunk in _chunks(order, size):
+            ids, smask = _left_pad([seqs[j] for j in chunk], self.pad_id, self.device)
+            b = ids.shape[0]
+            kwargs: dict[str, Any] = dict(self.keep_kw)
+            if plen:
+                kwargs[self.cache_kw] = _fresh_cache(self.model, stored, b)
+            ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
+            attn = torch.cat([ones, smask], dim=1)
+            pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
+            with _maybe_steer(self.model, self._u([keys[j][1] for j in chunk])):
+                out = self.model(
+                    input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs
+                )
+            self._store(out.logits[:, -1, :], [keys[j] for j in chunk], uniq, probs, bar)
+        return len(keys)
+
+    def two_stage(
+        self,
+        stored: list[tuple[torch.Tensor, torch.Tensor]],
+        plen: int,
+        suffixes: dict[str, list[int]],
+        uniq: dict[tuple[str, int | None], list[int]],
+        batch_size: int,
+        probs: np.ndarray,
+        bar: Any,
+    ) -> int:
+        """Stage 1: prefix + suffix[:-1] per statement (unsteered, once); stage 2: the last
+        token for every steering row of that statement, from a copy of that cache."""
+        statements = sorted(suffixes, key=lambda st: -len(suffixes[st]))
+        rows_of: dict[str, list[tuple[str, int | None]]] = {}
+        for key in uniq:
+            rows_of.setdefault(key[0], []).append(key)
+        for chunk in _chunks(list(range(len(statements))), batch_size):
+            sts = [statements[j] for j in chunk]
+            bodies = [suffixes[st][:-1] for st in sts]
+            ids, bmask = _left_pad(bodies, self.pad_id, self.device)
+            b = ids.shape[0]
+            cache = _fresh_cache(self.model, stored, b)
+            ones = torch.ones((b, plen), dtype=bmask.dtype, device=self.device)
+            pos = plen + (bmask.cumsum(dim=1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=torch.cat([ones, bmask], dim=1),
+                position_ids=pos,
+                use_cache=True,
+                **{self.cache_kw: cache},
+                **self.keep_kw,
+            )
+            body_kv = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
+            pairs = [(r, key) for r, st in enumerate(sts) for key in rows_of[st]]
+            # stage 2 rows are one token each: many more fit in a forward
+            for sub in _chunks(list(range(len(pairs))), max(batch_size, 8 * batch_size)):
+                sel = torch.tensor([pairs[q][0] for q in sub], device=self.device)
+                keys = [pairs[q][1] for q in sub]
+                cache2 = _indexed_cache(self.model, body_kv, sel)
+                last = torch.tensor([[suffixes[k[0]][-1]] for k in keys], device=self.device)
+                m = torch.cat(
+                    [
+                        ones[:1].expand(len(sub), plen),
+                        bmask.index_select(0, sel),
+                        torch.ones((len(sub), 1), dtype=bmask.dtype, device=self.device),
+                    ],
+                    dim=1,
+                )
+                p2 = (plen + bmask.index_select(0, sel).sum(dim=1, keepdim=True)).long()
+                with _maybe_steer(self.model, self._u([k[1] for k in keys])):
+                    out2 = self.model(
+                        input_ids=last,
+                        attention_mask=m,
+                        position_ids=p2,
+                        use_cache=True,
+                        **{self.cache_kw: cache2},
+                        **self.keep_kw,
+                    )
+                self._store(out2.logits[:, -1, :], keys, uniq, probs, bar)
+        return len(uniq)
+
+
+def _indexed_cache(
+    model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor
+) -> Any:
+    """A new DynamicCache holding rows ``rows`` of the given per-layer keys/values."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older signature
+        cache = DynamicCache()
+    for i, (k, v) in enumerate(kv):
+        cache.update(k.index_select(0, rows), v.index_select(0, rows), i)
+    return cache
+
+
 def option_probs(
     lm: LoadedModel,
     requests: Sequence[ReadRequest],
@@ -268,52 +424,44 @@ def option_probs(
 
     probs = np.zeros((len(requests), 5))
     bar = _progress(len(requests), progress, "option probs")
+    ctx = _ReadContext(model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering)
     with torch.no_grad():
         for system_prompt, idx in _groups(requests).items():
-            prompts = [build_prompt(tok, system_prompt, requests[i].statement) for i in idx]
+            # identical (statement, steering row) requests are read once
+            uniq: dict[tuple[str, int | None], list[int]] = {}
+            for i in idx:
+                uniq.setdefault((requests[i].statement, requests[i].steer), []).append(i)
+            statements = list(dict.fromkeys(requests[i].statement for i in idx))
+            prompts = [build_prompt(tok, system_prompt, st) for st in statements]
             split = split_prompts(tok, prompts)
             prefix = split.prefix_ids
             if window is not None and len(prefix) >= window - 1:
                 prefix = []  # a cropped sliding-window cache cannot be re-expanded: no sharing
+            steered = any(key[1] is not None for key in uniq)
+            if steered and prefix:
+                # the two-stage path needs every suffix to keep >= 2 tokens (a body + the last)
+                short = min(len(x) for x in split.suffix_ids)
+                prefix = prefix[: max(0, len(prefix) - max(0, 2 - short))]
             plen = len(prefix)
-            suffixes = [split.prefix_ids[plen:] + s for s in split.suffix_ids]
+            suffixes = {
+                st: split.prefix_ids[plen:] + s for st, s in zip(statements, split.suffix_ids)
+            }
             stored: list[tuple[torch.Tensor, torch.Tensor]] = []
             if plen:
                 out = model(
                     input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep_kw
                 )
                 stored = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
-            # sort by suffix length (longest first) to reduce padding; without a prefix, rows
-            # are read one at a time (a fully padded query row would have nothing to attend to)
-            order = sorted(range(len(idx)), key=lambda j: -len(suffixes[j]))
-            size = batch_size if plen else 1
-            for chunk in _chunks(order, size):
-                seqs = [suffixes[j] for j in chunk]
-                ids, smask = _left_pad(seqs, pad_id, device)
-                b = ids.shape[0]
-                kwargs: dict[str, Any] = dict(keep_kw)
-                if plen:
-                    kwargs[cache_kw] = _fresh_cache(model, stored, b)
-                ones = torch.ones((b, plen), dtype=smask.dtype, device=device)
-                attn = torch.cat([ones, smask], dim=1)
-                pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
-                u = None
-                if steering is not None:
-                    u = _u_batch(steering, [requests[idx[j]].steer for j in chunk], device, mdtype)
-                with _maybe_steer(model, u):
-                    out = model(
-                        input_ids=ids,
-                        attention_mask=attn,
-                        position_ids=pos,
-                        use_cache=True,
-                        **kwargs,
-                    )
-                logits = out.logits[:, -1, :].float().index_select(-1, opt_ids)
-                p = torch.softmax(logits, dim=-1).cpu().double().numpy()
-                for row, j in enumerate(chunk):
-                    probs[idx[j]] = p[row]
-                if bar is not None:
-                    bar.update(len(chunk))
+            longest = plen + max(len(x) for x in suffixes.values())
+            if steered and plen and (window is None or longest < window - 1):
+                # two stages: each statement's prompt up to its last token once, then only
+                # the last token per steering row ("last"-position steering touches nothing
+                # before it), so persons and alphas share all but one position per item
+                ctx.two_stage(stored, plen, suffixes, uniq, batch_size, probs, bar)
+            else:
+                keys = list(uniq)
+                seqs = [suffixes[k[0]] for k in keys]
+                ctx.one_stage(stored, plen, seqs, keys, uniq, batch_size, probs, bar)
     if bar is not None:
         bar.close()
     answers = (5 - probs.argmax(axis=1)).astype(int)

@@ -1,0 +1,35 @@
+"""The two-stage steered readout: many steering rows per statement share all but the last
+position, and must equal each request run alone (steered at its last position)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from palign.models.loading import LoadedModel, option_token_ids
+from palign.models.prompts import build_prompt, encode_prompt
+from palign.models.readout import ReadRequest, option_probs
+from palign.steering import steer
+
+STATEMENTS = ["You worry about things.", "You make friends easily.", "You love large parties."]
+
+
+def test_rows_times_statements_equal_alone(tiny_lm: LoadedModel) -> None:
+    model, tok = tiny_lm.model, tiny_lm.tokenizer
+    n_layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
+    torch.manual_seed(0)
+    table = torch.randn(4, n_layers, hidden) * 3
+    reqs = [ReadRequest("sys A", st, r) for r in (0, 1, None, 2, 3) for st in STATEMENTS]
+    reqs += [ReadRequest("sys B", STATEMENTS[0], 1), ReadRequest("sys A", STATEMENTS[1], 1)]
+    out = option_probs(tiny_lm, reqs, batch_size=2, steering=table)
+    opt = option_token_ids(tok)
+    for i, r in enumerate(reqs):
+        ids = torch.tensor([encode_prompt(tok, build_prompt(tok, r.system_prompt, r.statement))])
+        u = (table[r.steer] if r.steer is not None else torch.zeros(n_layers, hidden))[None]
+        with torch.no_grad(), steer(model, u, position="last"):
+            logits = model(input_ids=ids).logits[0, -1]
+        ref = torch.softmax(logits[opt], -1).numpy()
+        np.testing.assert_allclose(out.probs[i], ref, atol=1e-5, rtol=0)
+    # duplicates are read once and agree; different rows differ
+    np.testing.assert_array_equal(out.probs[-1], out.probs[4])  # ("sys A", statement 1, row 1)
+    assert np.abs(out.probs[0] - out.probs[3]).max() > 1e-4
