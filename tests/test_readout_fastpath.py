@@ -33,3 +33,22 @@ def test_rows_times_statements_equal_alone(tiny_lm: LoadedModel) -> None:
     # duplicates are read once and agree; different rows differ
     np.testing.assert_array_equal(out.probs[-1], out.probs[4])  # ("sys A", statement 1, row 1)
     assert np.abs(out.probs[0] - out.probs[3]).max() > 1e-4
+
+
+def test_kv_store_reuse_is_exact(tiny_lm: LoadedModel) -> None:
+    from palign.models.readout import KVStore
+
+    n_layers, hidden = tiny_lm.model.config.num_hidden_layers, tiny_lm.model.config.hidden_size
+    torch.manual_seed(1)
+    table = torch.randn(3, n_layers, hidden) * 3
+    reqs = [ReadRequest("sys", st, r) for r in (0, 1, 2) for st in STATEMENTS]
+    fresh = option_probs(tiny_lm, reqs, batch_size=2, steering=table)
+    store = KVStore()
+    first = option_probs(tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store)
+    assert len(store) == 3  # one entry per statement, whatever the rows
+    again = option_probs(tiny_lm, reqs, batch_size=3, steering=table, kv_store=store)
+    np.testing.assert_allclose(first.probs, fresh.probs[:4], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(again.probs, fresh.probs, atol=1e-5, rtol=0)
+    tiny = KVStore(max_bytes=1)
+    option_probs(tiny_lm, reqs, steering=table, kv_store=tiny)
+    assert len(tiny) == 1  # evicted down to the newest entry

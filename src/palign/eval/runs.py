@@ -128,6 +128,7 @@ def predict_aligned(
     readout: str = "logits",
     batch_size: int = 32,
     progress: bool = False,
+    kv_store: Any = None,
 ) -> list[dict[str, Any]]:
     """Ask every test item for every aligned person in one readout call.
 
@@ -152,7 +153,14 @@ def predict_aligned(
         requests += [ReadRequest(a.system_prompt, s, steer) for s in statements]
     table = torch.stack(rows) if rows else None
     if readout == "logits":
-        out = option_probs(lm, requests, batch_size=batch_size, steering=table, progress=progress)
+        out = option_probs(
+            lm,
+            requests,
+            batch_size=batch_size,
+            steering=table,
+            progress=progress,
+            kv_store=kv_store,
+        )
     elif readout == "generate":
         out = generate_answers(lm, requests, batch_size=batch_size, steering=table)
     else:
@@ -276,7 +284,15 @@ def run_eval(
                 recs = [dict(shared) for _ in chunk]
             else:
                 aligned = [method.fit(lm, dataset, p) for p in chunk]
-                recs = predict_aligned(lm, dataset, aligned, item_ids, cfg.readout, cfg.batch_size)
+                recs = predict_aligned(
+                    lm,
+                    dataset,
+                    aligned,
+                    item_ids,
+                    cfg.readout,
+                    cfg.batch_size,
+                    kv_store=getattr(method, "kv_store", None),
+                )
                 for r, a in zip(recs, aligned):
                     r["info"] = a.info
                     if a.system_prompt is not None and cfg.method != "vanilla":

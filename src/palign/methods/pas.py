@@ -115,6 +115,10 @@ class PAS(Method):
             raise PalignError("the alpha grid is empty; give at least one alpha")
         self.acts: torch.Tensor | None = None
         self.arch: Any = None
+        from palign.models.readout import KVStore
+
+        # prompt caches up to the last token, shared by all folds, alphas and persons
+        self.kv_store = KVStore(int(o.get("kv_store_bytes", 8 << 30)))
 
     def setup(self, lm: LoadedModel, dataset: Dataset) -> None:
         """Resolve the architecture and load/capture the contrastive activations."""
@@ -153,7 +157,9 @@ class PAS(Method):
             sys_prompt = self.system_prompt(dataset, person, set(ids) if hide_held else None)
             statements = [inv.statement(inv.item(i)) for i in ids]
             reqs = [ReadRequest(sys_prompt, s, a) for a in range(u.shape[0]) for s in statements]
-            out = option_probs(lm, reqs, batch_size=self.batch_size, steering=u)
+            out = option_probs(
+                lm, reqs, batch_size=self.batch_size, steering=u, kv_store=self.kv_store
+            )
             return out.answers.reshape(u.shape[0], len(ids))
 
         return score

@@ -319,18 +319,22 @@ class _ReadContext:
         batch_size: int,
         probs: np.ndarray,
         bar: Any,
+        store: KVStore,
+        system_prompt: str | None,
     ) -> int:
-        """Stage 1: prefix + suffix[:-1] per statement (unsteered, once); stage 2: the last
-        token for every steering row of that statement, from a copy of that cache."""
-        statements = sorted(suffixes, key=lambda st: -len(suffixes[st]))
-        rows_of: dict[str, list[tuple[str, int | None]]] = {}
-        for key in uniq:
-            rows_of.setdefault(key[0], []).append(key)
-        for chunk in _chunks(list(range(len(statements))), batch_size):
-            sts = [statements[j] for j in chunk]
-            bodies = [suffixes[st][:-1] for st in sts]
+        """Stage 1: each statement's prompt up to its last token, unsteered, once (kept in
+        ``store``, so later calls reuse it); stage 2: the last token for every steering row,
+        many rows per forward, from copies of those caches."""
+        # this call's entries stay referenced here, whatever the store evicts meanwhile
+        local = {
+            st: store.get((system_prompt, st)) for st in suffixes if (system_prompt, st) in store
+        }
+        missing = [st for st in suffixes if st not in local]
+        missing.sort(key=lambda st: -len(suffixes[st]))
+        for chunk in _chunks(missing, batch_size):
+            bodies = [suffixes[st][:-1] for st in chunk]
             ids, bmask = _left_pad(bodies, self.pad_id, self.device)
-            b = ids.shape[0]
+            b, width = ids.shape
             cache = _fresh_cache(self.model, stored, b)
             ones = torch.ones((b, plen), dtype=bmask.dtype, device=self.device)
             pos = plen + (bmask.cumsum(dim=1) - 1).clamp(min=0)
@@ -342,34 +346,110 @@ class _ReadContext:
                 **{self.cache_kw: cache},
                 **self.keep_kw,
             )
-            body_kv = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
-            pairs = [(r, key) for r, st in enumerate(sts) for key in rows_of[st]]
-            # stage 2 rows are one token each: many more fit in a forward
-            for sub in _chunks(list(range(len(pairs))), max(batch_size, 8 * batch_size)):
-                sel = torch.tensor([pairs[q][0] for q in sub], device=self.device)
-                keys = [pairs[q][1] for q in sub]
-                cache2 = _indexed_cache(self.model, body_kv, sel)
-                last = torch.tensor([[suffixes[k[0]][-1]] for k in keys], device=self.device)
-                m = torch.cat(
+            kv = _cache_tensors(_out_cache(out))
+            for r, st in enumerate(chunk):
+                n = len(bodies[r])  # real body tokens sit at the end of the padded body
+                keep = list(range(plen)) + list(range(plen + width - n, plen + width))
+                idx = torch.tensor(keep, device=self.device)
+                local[st] = store.put(
+                    (system_prompt, st),
                     [
-                        ones[:1].expand(len(sub), plen),
-                        bmask.index_select(0, sel),
-                        torch.ones((len(sub), 1), dtype=bmask.dtype, device=self.device),
+                        (k[r : r + 1].index_select(2, idx), v[r : r + 1].index_select(2, idx))
+                        for k, v in kv
                     ],
-                    dim=1,
                 )
-                p2 = (plen + bmask.index_select(0, sel).sum(dim=1, keepdim=True)).long()
-                with _maybe_steer(self.model, self._u([k[1] for k in keys])):
-                    out2 = self.model(
-                        input_ids=last,
-                        attention_mask=m,
-                        position_ids=p2,
-                        use_cache=True,
-                        **{self.cache_kw: cache2},
-                        **self.keep_kw,
-                    )
-                self._store(out2.logits[:, -1, :], keys, uniq, probs, bar)
+        # stage 2, grouped by statement so each statement's cache is padded once
+        by_st: dict[str, list[tuple[str, int | None]]] = {}
+        for key in uniq:
+            by_st.setdefault(key[0], []).append(key)
+        keys_all = [
+            key for st in sorted(by_st, key=lambda s: -len(suffixes[s])) for key in by_st[st]
+        ]
+        for sub in _chunks(keys_all, max(batch_size, 8 * batch_size)):
+            sts = list(dict.fromkeys(k[0] for k in sub))
+            kvs = [local[st] for st in sts]
+            counts = [sum(1 for k in sub if k[0] == st) for st in sts]
+            lens = [kv[0][0].shape[2] for kv in kvs]
+            width = max(lens)
+            layers = []
+            for li in range(len(kvs[0])):
+                ks, vs = [], []
+                for kv, c, n in zip(kvs, counts, lens):
+                    k, v = kv[li]
+                    padw = (0, 0, width - n, 0)
+                    ks.append(torch.nn.functional.pad(k, padw).expand(c, -1, -1, -1))
+                    vs.append(torch.nn.functional.pad(v, padw).expand(c, -1, -1, -1))
+                layers.append((torch.cat(ks), torch.cat(vs)))
+            mask = torch.zeros((len(sub), width + 1), dtype=torch.long, device=self.device)
+            row = 0
+            pos_list = []
+            for c, n in zip(counts, lens):
+                mask[row : row + c, width - n :] = 1
+                pos_list += [n] * c
+                row += c
+            cache2 = _indexed_cache(self.model, layers, None)
+            last = torch.tensor([[suffixes[k[0]][-1]] for k in sub], device=self.device)
+            pos2 = torch.tensor(pos_list, device=self.device).unsqueeze(1)
+            with _maybe_steer(self.model, self._u([k[1] for k in sub])):
+                out2 = self.model(
+                    input_ids=last,
+                    attention_mask=mask,
+                    position_ids=pos2,
+                    use_cache=True,
+                    **{self.cache_kw: cache2},
+                    **self.keep_kw,
+                )
+            self._store(out2.logits[:, -1, :], sub, uniq, probs, bar)
         return len(uniq)
+
+
+class KVStore:
+    """Keys/values of prompts up to their last token, kept across readout calls.
+
+    Steered readouts (``position="last"``) change only the last position, so the cache of
+    everything before it is the same for every steering row, every alpha and every person
+    with the same system prompt. A method that reads the same items many times (PAS: folds,
+    alphas, persons) passes one store to :func:`option_probs` and pays the prompt once.
+    Entries are evicted oldest-first beyond ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = 4 << 30) -> None:
+        self.max_bytes = max_bytes
+        self._d: dict[Any, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.bytes = 0
+
+    @staticmethod
+    def _size(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def get(self, key: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The stored per-layer (keys, values), each ``(1, kv_heads, length, head_dim)``."""
+        return self._d[key]
+
+    def put(
+        self, key: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Store (and return) a compact copy of ``kv``; evict the oldest beyond ``max_bytes``."""
+        kv = [(k.contiguous().clone(), v.contiguous().clone()) for k, v in kv]
+        self._d[key] = kv
+        self.bytes += self._size(kv)
+        while self.bytes > self.max_bytes and len(self._d) > 1:
+            old = next(iter(self._d))
+            if old == key:
+                break
+            self.bytes -= self._size(self._d.pop(old))
+        return kv
+
+    def clear(self) -> None:
+        """Drop everything."""
+        self._d.clear()
+        self.bytes = 0
 
 
 def _indexed_cache(
@@ -383,7 +463,9 @@ def _indexed_cache(
     except TypeError:  # older signature
         cache = DynamicCache()
     for i, (k, v) in enumerate(kv):
-        cache.update(k.index_select(0, rows), v.index_select(0, rows), i)
+        if rows is not None:
+            k, v = k.index_select(0, rows), v.index_select(0, rows)
+        cache.update(k, v, i)
     return cache
 
 
@@ -394,6 +476,7 @@ def option_probs(
     batch_size: int = 16,
     steering: torch.Tensor | None = None,
     progress: bool = False,
+    kv_store: KVStore | None = None,
 ) -> Readout:
     """Probabilities of the options A..E for each request (one forward per item).
 
@@ -404,6 +487,8 @@ def option_probs(
         steering: optional (n_rows, n_layers, hidden) table; ``request.steer`` picks a row
             (``None`` = zeros). Applied at the last position via ``palign.steering.steer``.
         progress: show a tqdm bar.
+        kv_store: a :class:`KVStore` to reuse prompt caches across calls (steered requests
+            only; default: a store for this call).
 
     Returns:
         A :class:`Readout` with ``probs`` (n, 5), ``answers`` (argmax mapped to 5..1) and
@@ -446,18 +531,32 @@ def option_probs(
             suffixes = {
                 st: split.prefix_ids[plen:] + s for st, s in zip(statements, split.suffix_ids)
             }
+            longest = plen + max(len(x) for x in suffixes.values())
+            two = bool(steered and plen and (window is None or longest < window - 1))
             stored: list[tuple[torch.Tensor, torch.Tensor]] = []
-            if plen:
+            all_stored = kv_store is not None and all(
+                (system_prompt, st) in kv_store for st in suffixes
+            )
+            if plen and not (two and all_stored):
                 out = model(
                     input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep_kw
                 )
                 stored = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
-            longest = plen + max(len(x) for x in suffixes.values())
-            if steered and plen and (window is None or longest < window - 1):
+            if two:
                 # two stages: each statement's prompt up to its last token once, then only
                 # the last token per steering row ("last"-position steering touches nothing
                 # before it), so persons and alphas share all but one position per item
-                ctx.two_stage(stored, plen, suffixes, uniq, batch_size, probs, bar)
+                ctx.two_stage(
+                    stored,
+                    plen,
+                    suffixes,
+                    uniq,
+                    batch_size,
+                    probs,
+                    bar,
+                    kv_store if kv_store is not None else KVStore(),
+                    system_prompt,
+                )
             else:
                 keys = list(uniq)
                 seqs = [suffixes[k[0]] for k in keys]
