@@ -129,7 +129,8 @@ class PAS(Method):
             raise PalignError(
                 f"--k {self.k} exceeds the model's {self.arch.n_layers * self.arch.n_heads} heads"
             )
-        self.acts = shown_activations(lm, dataset, self.arch)
+        # probes and directions run where the model runs (the activations are small)
+        self.acts = shown_activations(lm, dataset, self.arch).to(lm.device)
 
     def system_prompt(self, dataset: Dataset, person: Person, hide: set[str] | None = None) -> str:
         """System prompt of this variant (few-shot prompt without the ``hide`` items)."""

@@ -236,7 +236,11 @@ def unit_layer_vectors(fit: PASFit, w_o: WoSource) -> torch.Tensor:
     rows: dict[int, torch.Tensor] = {}
     hidden = None
     for layer in layers:
-        W = get(layer).detach().to("cpu", torch.float64)
+        W = get(layer).detach()
+        # multiply where W lives (an 8B layer's W_o is 16M entries): float64 on CPU,
+        # float32 on accelerators; only the (hidden,) result comes back
+        wdt = torch.float64 if W.device.type == "cpu" else torch.float32
+        W = W.to(wdt)
         if W.ndim != 2 or W.shape[1] != fit.n_heads * fit.head_dim:
             raise PalignError(
                 f"W_o of layer {layer} has shape {tuple(W.shape)}, expected "
@@ -245,7 +249,7 @@ def unit_layer_vectors(fit: PASFit, w_o: WoSource) -> torch.Tensor:
         if hidden is not None and W.shape[0] != hidden:
             raise PalignError("W_o of different layers have different hidden sizes")
         hidden = int(W.shape[0])
-        rows[layer] = W @ delta[layer].flatten()
+        rows[layer] = (W @ delta[layer].flatten().to(W.device, wdt)).to("cpu", torch.float64)
     if hidden is None:
         hidden = int(get(0).shape[0])
     u = torch.zeros(fit.n_layers, hidden, dtype=torch.float64)

@@ -1,0 +1,303 @@
+"""Throughput of the whole PAS pipeline at 8B scale, next to a re-statement of the original.
+
+    python benchmarks/gpu_throughput.py                    # Llama-3-8B shape, bf16, GPU
+    python benchmarks/gpu_throughput.py --shape tiny       # CPU smoke (CI), under a minute
+
+The model is a Llama with random weights built from ``benchmarks/configs/<shape>-shape.json``
+(nothing is downloaded); token ids come from a local tokenizer (the embedded SmolLM2's, or
+``--tokenizer DIR``). Measured with CUDA synchronisation, in one run:
+
+1. capture: the contrastive activations of the 120 shown PAPI items (240 prompts);
+2. fit: one person's probes + head selection + directions (no forward);
+3. grid: P persons x 6 alphas x 180 test items with palign's fast path (logits readout,
+   shared prompt caches, many persons and alphas per forward);
+4. honest: palign's actual ``pas`` method per person (alpha by 3-fold CV over the 120 shown
+   items: 6 alphas x 120 items, then the 180 test items at the chosen alpha);
+5. original (on a small subset, then projected): one person at a time, 15-token greedy
+   generation in batches of 3 per alpha and item, one scikit-learn probe per head.
+
+It prints persons per minute, the projected time for all 300 persons, peak GPU memory and
+the speed ratio, and writes the figures as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ALPHAS = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class Timer:
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+
+    def __enter__(self) -> Timer:
+        sync(self.dev)
+        self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *a: object) -> None:
+        sync(self.dev)
+        self.s = time.perf_counter() - self.t
+
+
+def build_model(shape: str, dev: torch.device, dtype: torch.dtype) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg_dict = json.loads((HERE / "configs" / f"{shape}-shape.json").read_text())
+    cfg = LlamaConfig(
+        **{k: v for k, v in cfg_dict.items() if k not in ("model_type", "architectures")}
+    )
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(dev):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    return model.eval(), cfg_dict
+
+
+def load_tokenizer(path: str | None) -> Any:
+    if path:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    from palign.models.loading import load_model
+
+    return load_model("smollm2").tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="llama3-8b", help="llama3-8b (default) or tiny")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--persons", type=int, default=None, help="P (default 32 on GPU, 2 on CPU)")
+    ap.add_argument("--honest-persons", type=int, default=None, help="default 8 on GPU, 1 on CPU")
+    ap.add_argument("--person-batch", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-items", type=int, default=None, help="test items (default all 180)")
+    ap.add_argument("--gen-items", type=int, default=12, help="items of the original's subset")
+    ap.add_argument("--sklearn-heads", type=int, default=128, help="heads timed with scikit-learn")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--out", default=None, help="JSON file for the figures")
+    args = ap.parse_args(argv)
+
+    from palign.data import load_dataset
+    from palign.eval.runs import predict_aligned, test_items
+    from palign.methods import MethodConfig
+    from palign.methods.pas import PAS, shown_activations
+    from palign.models.loading import LoadedModel
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
+    from palign.models.readout import KVStore, ReadRequest, generate_answers, option_probs
+    from palign.steering.arch import resolve_arch
+    from palign.steering.pas import fit_person, layer_vectors_grid
+
+    dev = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
+    gpu = dev.type == "cuda"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    P = args.persons or (32 if gpu else 2)
+    H = args.honest_persons or (8 if gpu else 1)
+    t_all = time.perf_counter()
+    tok = load_tokenizer(args.tokenizer)
+    # a fresh cache, so that the capture is measured, not read back
+    os.environ["PALIGN_CACHE"] = tempfile.mkdtemp(prefix="palign-bench-")
+    with Timer(dev) as t_build:
+        model, cfg = build_model(args.shape, dev, dtype)
+    lm = LoadedModel(model, tok, f"random-{args.shape}", f"random-{args.shape}", None, dev, dtype)
+    with torch.no_grad():  # warm-up (CUDA context, kernels) outside every timed phase
+        model(input_ids=torch.ones((4, 64), dtype=torch.long, device=dev))
+    ds = load_dataset(args.data, "ipip-neo")
+    inv = ds.inventory
+    items = test_items(inv, args.max_items)
+    arch = resolve_arch(model)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(dev)
+    res: dict[str, Any] = {
+        "benchmark": "gpu_throughput",
+        "command": "python benchmarks/gpu_throughput.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "shape": args.shape,
+        "config": {
+            k: cfg[k]
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+                "vocab_size",
+            )
+        },
+        "device": torch.cuda.get_device_name(dev) if gpu else platform.processor() or "cpu",
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "persons_grid": P,
+        "persons_honest": H,
+        "test_items": len(items),
+        "build_s": round(t_build.s, 2),
+    }
+
+    # 1. capture
+    with Timer(dev) as t:
+        acts = shown_activations(lm, ds, arch, batch_size=args.batch_size, progress=False)
+    res["capture_s"] = round(t.s, 3)
+    res["capture_samples"] = int(acts.shape[0])
+    acts_dev = acts.to(dev)
+
+    persons = ds.persons[: max(P, H)]
+
+    def shown(p: Any) -> np.ndarray:
+        return np.nan_to_num(p.answer_vector(inv, inv.shown_ids, "agreement"))
+
+    # 2. per-person fit (probes + selection + directions), no forward
+    fit_person(acts_dev, shown(persons[0]), K=24, seed=0)  # warm-up
+    times = []
+    for p in persons[:5]:
+        with Timer(dev) as t:
+            fit_person(acts_dev, shown(p), K=24, seed=0)
+        times.append(t.s)
+    res["fit_s_median"] = round(float(np.median(times)), 4)
+
+    # 3. grid: P persons x 6 alphas x items, many persons per forward
+    store = KVStore(max_bytes=24 << 30)
+    statements = [inv.statement(inv.item(i)) for i in items]
+    answers_grid = {}
+    with Timer(dev) as t_grid:
+        for s in range(0, P, args.person_batch):
+            chunk = persons[s : s + args.person_batch]
+            rows, reqs = [], []
+            for p in chunk:
+                fit = fit_person(acts_dev, shown(p), K=24, seed=0)
+                u = layer_vectors_grid(fit, ALPHAS, arch)
+                for a in range(len(ALPHAS)):
+                    row = len(rows)
+                    rows.append(u[a])
+                    reqs += [ReadRequest(NEUTRAL_SYSTEM_PROMPT, st, row) for st in statements]
+            out = option_probs(
+                lm,
+                reqs,
+                batch_size=args.batch_size,
+                steering=torch.stack(rows).float(),
+                kv_store=store,
+            )
+            answers_grid[s] = out.answers
+    res["grid_s"] = round(t_grid.s, 3)
+    res["grid_readouts"] = P * len(ALPHAS) * len(items)
+    res["grid_persons_per_min"] = round(P / t_grid.s * 60, 1)
+    res["grid_projected_300_s"] = round(res["capture_s"] + t_grid.s / P * 300, 1)
+
+    # 4. honest: the pas method (CV alpha on shown items, then the test items)
+    method = PAS(MethodConfig("agreement", 0, {"batch_size": args.batch_size}))
+    method.arch, method.acts = arch, acts_dev
+    alphas_chosen = []
+    with Timer(dev) as t_h:
+        for s in range(0, H, args.person_batch):
+            chunk = persons[s : s + min(args.person_batch, H - s)]
+            aligned = [method.fit(lm, ds, p) for p in chunk]
+            alphas_chosen += [a.info["alpha"] for a in aligned]
+            predict_aligned(
+                lm, ds, aligned, items, "logits", args.batch_size, kv_store=method.kv_store
+            )
+    res["honest_s"] = round(t_h.s, 3)
+    res["honest_persons_per_min"] = round(H / t_h.s * 60, 1)
+    res["honest_projected_300_s"] = round(res["capture_s"] + t_h.s / H * 300, 1)
+    res["honest_alphas"] = alphas_chosen
+
+    # 5. the original procedure on a subset, projected
+    from sklearn.linear_model import LogisticRegression
+
+    from palign.steering.pas import labels_for
+
+    X = acts.float().numpy()
+    y = labels_for(torch.tensor(shown(persons[0]))).numpy()
+    keep = y >= 0
+    Xk, yk = X[keep], y[keep]
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(yk))
+    tr, va = idx[: int(0.6 * len(yk))], idx[int(0.6 * len(yk)) :]
+    L, Hh = X.shape[1], X.shape[2]
+    heads = [(layer, h) for layer in range(L) for h in range(Hh)]
+    n_sk = min(args.sklearn_heads, len(heads))
+    t0 = time.perf_counter()
+    for layer, h in heads[:n_sk]:
+        clf = LogisticRegression(random_state=0, max_iter=1000).fit(Xk[tr, layer, h], yk[tr])
+        clf.score(Xk[va, layer, h], yk[va])
+    sk_s = (time.perf_counter() - t0) / n_sk * len(heads)
+    res["original_sklearn_probes_s"] = round(sk_s, 2)
+    res["original_sklearn_heads_timed"] = n_sk
+    fit = fit_person(acts_dev, shown(persons[0]), K=24, seed=0)
+    u = layer_vectors_grid(fit, (4.0,), arch).float()
+    gen_items = statements[: args.gen_items]
+    few = "Here are some of your behaviors and your level of recognition towards them;"
+    reqs = [ReadRequest(few, st, 0) for st in gen_items]
+    generate_answers(lm, reqs[:3], max_new_tokens=15, batch_size=3, steering=u)  # warm-up
+    with Timer(dev) as t_gen:
+        generate_answers(lm, reqs, max_new_tokens=15, batch_size=3, steering=u)
+    per_readout = t_gen.s / len(gen_items)
+    orig_person = per_readout * len(ALPHAS) * len(items) + sk_s
+    res["original_generate_s_per_item"] = round(per_readout, 4)
+    res["original_items_timed"] = len(gen_items)
+    res["original_s_per_person"] = round(orig_person, 2)
+    res["original_projected_300_s"] = round(res["capture_s"] + orig_person * 300, 1)
+    res["speedup_grid_vs_original"] = round(
+        res["original_projected_300_s"] / res["grid_projected_300_s"], 1
+    )
+    res["speedup_honest_vs_original"] = round(
+        res["original_projected_300_s"] / res["honest_projected_300_s"], 1
+    )
+    res["peak_gpu_memory_gb"] = (
+        round(torch.cuda.max_memory_allocated(dev) / 1e9, 2) if gpu else None
+    )
+    res["total_s"] = round(time.perf_counter() - t_all, 1)
+
+    lines = [
+        f"device {res['device']} ({res['dtype']}), shape {args.shape}, torch {torch.__version__}",
+        f"capture of {res['capture_samples']} contrastive samples: {res['capture_s']:.2f} s",
+        f"per-person fit (probes + heads + directions): {res['fit_s_median'] * 1000:.1f} ms",
+        f"grid  (P={P} x 6 alphas x {len(items)} items, palign fast path): {res['grid_s']:.2f} s"
+        f" = {res['grid_persons_per_min']} persons/min -> 300 persons in {res['grid_projected_300_s'] / 60:.1f} min",
+        f"honest pas (3-fold CV alpha on shown items + test, H={H}): {res['honest_s']:.2f} s"
+        f" = {res['honest_persons_per_min']} persons/min -> 300 persons in {res['honest_projected_300_s'] / 60:.1f} min",
+        f"original re-statement: {res['original_generate_s_per_item'] * 1000:.1f} ms per 15-token item"
+        f" (batches of 3), sklearn probes {sk_s:.1f} s -> {res['original_s_per_person']:.0f} s per person"
+        f" -> 300 persons in {res['original_projected_300_s'] / 3600:.1f} h",
+        f"speed ratio (same device, same run): grid {res['speedup_grid_vs_original']}x, "
+        f"honest {res['speedup_honest_vs_original']}x",
+        f"peak GPU memory: {res['peak_gpu_memory_gb']} GB; total {res['total_s']} s",
+    ]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
