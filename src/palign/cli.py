@@ -206,11 +206,11 @@ def cmd_baselines(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job on the embedded default: for now the reference-predictor table."""
-    args.predictors = None
-    args.person = None
-    args.seed = 0
-    cmd_baselines(args)
+    """The main job: align the embedded model to one PAPI person with PAS and print the
+    evaluation beside vanilla and the reference predictors."""
+    from palign.cli_models import cmd_demo as demo
+
+    demo(args)
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -254,7 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     _fmt_arg(p)
     p.set_defaults(func=cmd_baselines)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (see README)")
+    p = sub.add_parser(
+        "demo",
+        help="align the embedded model to one PAPI person (PAS) and evaluate it beside vanilla "
+        "and the reference predictors",
+    )
+    p.add_argument("--person", default=None, help="PAPI person id (default: the first person)")
+    p.add_argument("--model", default="smollm2", help="model (default: the embedded SmolLM2)")
+    p.add_argument("--out", default="runs/demo", help="run folders (default runs/demo)")
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=None,
+        help="only this many test items (quick look; default all 180)",
+    )
     _data_args(p)
     _fmt_arg(p)
     p.set_defaults(func=cmd_demo)

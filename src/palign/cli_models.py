@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from palign.errors import PalignError
+from palign.eval.runs import load_results
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
@@ -151,6 +153,54 @@ def reports_table_from_dict(reps: list[dict[str, Any]], traits: list[str]) -> st
         for r in reps
     ]
     return format_table(headers, rows)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Align the model to one person with PAS and compare with vanilla and the references."""
+    from pathlib import Path
+
+    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.eval.compare import compare_runs, compare_table
+    from palign.eval.runs import RunConfig, run_eval
+    from palign.models.loading import load_model
+
+    check_inventory(args.inventory)
+    sem = check_semantics(args.semantics)
+    ds = load_dataset(args.data, args.inventory)
+    person = ds.person(args.person) if args.person else ds.persons[0]
+    quiet = args.format == "json"
+    if not quiet:
+        print(
+            f"palign demo: aligning {args.model} to person {person.id} with PAS "
+            f"({args.inventory}, {sem} semantics); first run ~5 min on 2 CPU cores",
+            file=sys.stderr,
+        )
+    lm = load_model(args.model)
+    folders = []
+    for method in ("vanilla", "pas"):
+        out = Path(args.out) / f"{person.id}-{method}"
+        cfg = RunConfig(
+            method=method,
+            model=args.model,
+            inventory=args.inventory,
+            semantics=sem,
+            persons=[person.id],
+            data=args.data,
+            max_items=args.max_items,
+        )
+        run_eval(cfg, out, lm=lm, dataset=ds, progress=not quiet)
+        folders.append(out)
+    payload = compare_runs(folders, data=args.data)
+    res = load_results(folders[1])
+    info = res["persons"][0].get("info", {})
+    payload["pas"] = {k: info.get(k) for k in ("alpha", "alpha_selection", "validation_errors")}
+    human = compare_table(payload) + (
+        f"\n\nPAS alpha {info.get('alpha')} chosen by {info.get('alpha_selection')} "
+        f"(held-out shown-item error per alpha: {info.get('validation_errors')}).\n"
+        f"Keep the adapter: palign align --person {person.id} --out adapters/{person.id}; then "
+        f"palign chat --adapter adapters/{person.id}"
+    )
+    _emit(args, payload, human)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

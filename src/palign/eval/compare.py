@@ -31,7 +31,9 @@ def compare_runs(
 ) -> dict[str, Any]:
     """Load runs and compute the reference predictors on the first run's persons."""
     from palign.data import load_dataset
-    from palign.eval.baselines import run_baselines
+    from palign.eval.baselines import predict
+    from palign.eval.metrics import evaluate
+    from palign.eval.runs import test_items
 
     if not folders:
         raise PalignError("no run folders given; pass one or more folders written by 'palign eval'")
@@ -62,8 +64,15 @@ def compare_runs(
                 "seconds_per_person": r.get("timings", {}).get("seconds_per_person"),
             }
         )
+    max_items = runs[0]["config"].get("max_items")
+    for f, r in zip(folders, runs):
+        if r["config"].get("max_items") != max_items:
+            raise PalignError(f"{f} scores a different item set (--max-items) than the first run")
     ds = load_dataset(data or runs[0]["config"].get("data"), inv)
-    for rep in run_baselines(ds, sem, list(references), persons=persons):
+    items = test_items(ds.inventory, max_items)
+    scored = ds.select(ids=persons)
+    for name in references:
+        rep = evaluate(ds.inventory, scored, predict(name, ds, sem), sem, name=name, item_ids=items)
         d = rep.to_dict()
         rows.append(
             {
@@ -81,6 +90,7 @@ def compare_runs(
         "traits": ds.inventory.traits,
         "persons": persons,
         "same_persons": same,
+        "max_items": max_items,
         "rows": rows,
     }
 
