@@ -34,6 +34,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
     )
+    p.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        help="4-bit weights for large models (needs bitsandbytes and a CUDA GPU)",
+    )
 
 
 def add_pas_args(p: argparse.ArgumentParser) -> None:
@@ -120,6 +125,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         options=opts,
         max_items=args.max_items,
+        load_in_4bit=args.load_in_4bit,
     )
     out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
     res = run_eval(cfg, out, dataset=ds, method=method, progress=not args.quiet)

@@ -63,7 +63,9 @@ def cmd_align(args: argparse.Namespace) -> None:
         person = ds.person(args.person)
         who = person.id
     t = time.perf_counter()
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(
+        args.model, device=args.device, dtype=args.dtype, load_in_4bit=args.load_in_4bit
+    )
     method.setup(lm, ds)
     res = method.fit_result(lm, ds, person)
     seconds = time.perf_counter() - t

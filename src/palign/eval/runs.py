@@ -53,6 +53,7 @@ class RunConfig:
         options: method options (e.g. PAS ``k``, ``alpha_grid``).
         max_items: evaluate only this many test items, spread over the traits (smoke runs;
             None = all). Recorded, and part of the run's identity.
+        load_in_4bit: load the model with 4-bit weights (bitsandbytes, CUDA only).
     """
 
     method: str
@@ -69,6 +70,7 @@ class RunConfig:
     dtype: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     max_items: int | None = None
+    load_in_4bit: bool = False
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a run folder to be resumed."""
@@ -186,7 +188,7 @@ def predict_aligned(
     return records
 
 
-def _check_config(out: Path, cfg: RunConfig) -> None:
+def _check_config(out: Path, cfg: RunConfig, write: bool = True) -> None:
     path = out / "config.json"
     if path.is_file():
         try:
@@ -203,7 +205,8 @@ def _check_config(out: Path, cfg: RunConfig) -> None:
                 f"{out} holds a run with a different configuration ({', '.join(diff)}); "
                 f"use another --out or delete it"
             )
-    write_json_atomic(path, {"identity": cfg.identity(), "config": asdict(cfg)})
+    if write:
+        write_json_atomic(path, {"identity": cfg.identity(), "config": asdict(cfg)})
 
 
 def load_person_results(out: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -245,7 +248,7 @@ def run_eval(
     cfg.persons = [p.id for p in persons]
     item_ids = test_items(dataset.inventory, cfg.max_items)
     out = Path(out)
-    _check_config(out, cfg)
+    _check_config(out, cfg, write=False)  # refuse a foreign folder before any work
     done = load_person_results(out, cfg.persons)
     todo = [p for p in persons if p.id not in done]
     t_load = 0.0
@@ -255,12 +258,15 @@ def run_eval(
             from palign.models.loading import load_model
 
             t = time.perf_counter()
-            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            lm = load_model(
+                cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit
+            )
             t_load = time.perf_counter() - t
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         t = time.perf_counter()
         method.setup(lm, dataset)
+        _check_config(out, cfg)  # the model loaded and the method is ready: claim the folder
         t_setup = time.perf_counter() - t
         shared: dict[str, Any] | None = None
         bar = tqdm(

@@ -1,0 +1,220 @@
+"""PAS end to end on a tiny random model: the method never reads test answers, adapters via
+the CLI (align -> generate), answers files, AlignedModel batches, P² for a new person."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from palign.cli import main
+from palign.data.answers import person_from_answers, read_answers_file
+from palign.data.types import Dataset
+from palign.errors import PalignError
+from palign.methods import MethodConfig, get_method
+from palign.models.loading import LoadedModel
+from tests.test_runs import small
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_pas_never_reads_test_answers(papi: Dataset, tiny_lm: LoadedModel, cache: Path) -> None:
+    ds = small(papi, 4)
+    person = ds.persons[0]
+    opts = {"alpha_grid": [0.0, 1.0, 4.0], "k": 6}
+    a = get_method("pas", MethodConfig("agreement", 0, opts)).fit(tiny_lm, ds, person)
+    scrambled = copy.deepcopy(person)
+    for iid in papi.inventory.test_ids:
+        scrambled.stored[iid] = 6 - scrambled.stored[iid] if scrambled.stored[iid] else 5
+    b = get_method("pas", MethodConfig("agreement", 0, opts)).fit(tiny_lm, ds, scrambled)
+    assert a.info == b.info and torch.equal(a.steering, b.steering)
+    assert a.info["alpha_selection"] == "heldout-kfold"
+    # the oracle path does read them, and says so
+    o = get_method("pas", MethodConfig("agreement", 0, {**opts, "alpha_selection": "oracle"}))
+    info = o.fit(tiny_lm, ds, person).info
+    assert info["alpha_selection"] == "oracle" and "ORACLE" in info["warning"]
+
+
+def test_pas_few_shot_masks_held_out_items(
+    papi: Dataset, tiny_lm: LoadedModel, cache: Path
+) -> None:
+    ds = small(papi, 3)
+    m = get_method("pas+few-shot", MethodConfig("agreement", 0, {"alpha_grid": [0.0, 2.0], "k": 4}))
+    p = ds.persons[0]
+    hidden = set(ds.inventory.shown_ids[:5])
+    text = m.system_prompt(ds, p, hidden)
+    for iid in ds.inventory.shown_ids:
+        assert (f"{ds.inventory.item(iid).text}:" in text) == (
+            iid not in hidden and p.stored[iid] != 0
+        )
+
+
+def test_answers_files(tmp_path: Path, papi: Dataset) -> None:
+    inv = papi.inventory
+    good = tmp_path / "a.json"
+    good.write_text(json.dumps({"answers": {"1": 5, "300": 1}}))
+    answers = read_answers_file(good, inv)
+    assert answers == {"1": 5, "300": 1}
+    inv2, person = person_from_answers(inv, answers)
+    assert inv2.shown_ids == ["1", "300"] and len(inv2.test_ids) == 298
+    assert person.answers(inv2, "agreement", ["1", "300"]) == {"1": 5, "300": 1}
+    csv = tmp_path / "a.csv"
+    csv.write_text("item,answer\n1,4\n2,2\n")
+    assert read_answers_file(csv, inv) == {"1": 4, "2": 2}
+    bad = {
+        "unknown.json": ('{"999": 3}', "unknown item id '999'"),
+        "range.json": ('{"1": 6}', "answers are 1..5"),
+        "empty.json": ("", "is empty"),
+        "broken.json": ('{"1": ', "not valid JSON"),
+        "list.json": ("[1, 2]", "expected an object"),
+        "short.csv": ("1\n", "two columns"),
+    }
+    for name, (content, needle) in bad.items():
+        (tmp_path / name).write_text(content)
+        with pytest.raises(PalignError, match=needle):
+            read_answers_file(tmp_path / name, inv)
+    with pytest.raises(PalignError, match="not found"):
+        read_answers_file(tmp_path / "missing.json", inv)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path, tiny_lm: LoadedModel) -> Path:
+    folder = tmp_path / "tiny-model"
+    tiny_lm.model.save_pretrained(folder)
+    tiny_lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_align_generate_cli(
+    tmp_path: Path, papi_dir: Path, tiny_folder: Path, cache: Path, capsys
+) -> None:
+    out = tmp_path / "adapter"
+    answers = tmp_path / "me.json"
+    answers.write_text(json.dumps({str(i): (i % 5) + 1 for i in range(1, 41)}))
+    argv = [
+        "align",
+        "--answers",
+        str(answers),
+        "--model",
+        str(tiny_folder),
+        "--data",
+        str(papi_dir),
+        "--out",
+        str(out),
+        "--alpha-grid",
+        "0,2",
+        "--k",
+        "4",
+        "--format",
+        "json",
+    ]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["person"] == "answers-file" and d["alpha"] in (0.0, 2.0) and len(d["heads"]) == 4
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["alpha_selection"] == "heldout-kfold" and cfg["extra"]["model_spec"] == str(
+        tiny_folder
+    )
+    assert len(cfg["extra"]["shown_items"]) == 40
+    rc = main(
+        [
+            "generate",
+            "--adapter",
+            str(out),
+            "Hello",
+            "--max-new-tokens",
+            "3",
+            "--alpha",
+            "5",
+            "--format",
+            "json",
+        ]
+    )
+    g = json.loads(capsys.readouterr().out)
+    assert rc == 0 and g["alpha"] == 5 and isinstance(g["text"], str)
+    # bad input: one line, exit 2
+    for bad_argv, needle in [
+        (
+            ["align", "--person", "1", "--out", str(tmp_path / "x"), "--data", str(papi_dir)],
+            "unknown person '1'",
+        ),
+        (["align", "--out", str(tmp_path / "x")], "exactly one of --person"),
+        (
+            ["align", "--person", "172481", "--method", "few-shot", "--out", str(tmp_path / "x")],
+            "pas or pas+few-shot",
+        ),
+        (["generate", "--adapter", str(tmp_path / "nothing"), "hi"], "not a palign adapter"),
+        (
+            [
+                "align",
+                "--person",
+                "172481",
+                "--alpha-selection",
+                "fixed",
+                "--out",
+                str(tmp_path / "x"),
+            ],
+            "needs --alpha",
+        ),
+    ]:
+        assert main(bad_argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and needle in err, err
+
+
+def test_many_personalities_one_batch(
+    tmp_path: Path, papi: Dataset, tiny_lm: LoadedModel, cache: Path
+) -> None:
+    from palign.chat import AlignedModel
+    from palign.steering.adapter import load_adapter, save_adapter
+
+    ds = small(papi, 2)
+    m = get_method(
+        "pas", MethodConfig("agreement", 0, {"alpha_selection": "fixed", "alpha": 3.0, "k": 4})
+    )
+    adapters = []
+    for k, p in enumerate(ds.persons[:2]):
+        m.setup(tiny_lm, ds)
+        res = m.fit_result(tiny_lm, ds, p)
+        save_adapter(
+            tmp_path / f"a{k}",
+            res,
+            model_id=tiny_lm.model_id,
+            arch=m.arch,
+            inventory="ipip-neo",
+            semantics="agreement",
+            person=p.id,
+        )
+        adapters.append(load_adapter(tmp_path / f"a{k}", tiny_lm))
+    am = AlignedModel(tiny_lm)
+    prompts = ["Tell me about you.", "Tell me about you.", "Tell me about you."]
+    batch = am.generate_many(prompts, adapters=[adapters[0], None, adapters[1]], max_new_tokens=5)
+    alone = [
+        AlignedModel(tiny_lm, a).generate(prompts[0], max_new_tokens=5)
+        for a in (adapters[0], None, adapters[1])
+    ]
+    assert batch == alone
+
+
+def test_personality_prompt_generates_for_new_person(papi: Dataset, tiny_lm: LoadedModel) -> None:
+    ds = small(papi, 2)
+    p = copy.deepcopy(ds.persons[0])
+    p.persona = None
+    m = get_method("personality-prompt", MethodConfig())
+    a = m.fit(tiny_lm, ds, p)
+    assert (
+        a.info["persona_source"].startswith("generated by") and a.system_prompt == a.info["persona"]
+    )
+    assert m.fit(tiny_lm, ds, p).system_prompt == a.system_prompt  # generated once, cached
+    release = m.fit(tiny_lm, ds, ds.persons[0])
+    assert (
+        release.info["persona_source"] == "release"
+        and release.system_prompt == ds.persons[0].persona
+    )
