@@ -19,6 +19,15 @@ def _shared() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "papi"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to a busy machine's oversubscription."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def papi_dir() -> Path:
     d = _shared()

@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
+from palign.cli import _emit
 from palign.errors import PalignError
 from palign.eval.runs import load_results
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "format", "table") == "json":
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        print(human)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from palign.cli import _emit
 from palign.errors import PalignError
-
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "format", "table") == "json":
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        print(human)
 
 
 def cmd_align(args: argparse.Namespace) -> None:

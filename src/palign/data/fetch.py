@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -12,7 +10,7 @@ from pathlib import Path
 
 from palign.data.sources import FILES, RemoteFile
 from palign.errors import PalignError
-from palign.paths import cache_dir
+from palign.paths import atomic_write, cache_dir
 
 SUBDIR = {"ipip-neo": "papi", "sd3": "sd3"}
 
@@ -85,9 +83,6 @@ def fetch(
                 f"{rf.sha256[:12]}...); the download is corrupt or changed upstream: retry, or "
                 f"pass --data DIR with verified files"
             )
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{rf.name}.")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
+        atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
         log(f"fetched  {rf.name} ({len(data):,} bytes, sha256 ok)")
     return dest

@@ -10,9 +10,7 @@ with a different configuration into the same folder is refused.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from palign import __version__
 from palign.data.types import Dataset, Inventory, Person, Semantics
 from palign.errors import PalignError
 from palign.eval.metrics import Report, evaluate
+from palign.paths import atomic_write
 
 if TYPE_CHECKING:
     from palign.methods.base import Aligned, Method
@@ -112,14 +111,12 @@ def test_items(inventory: Inventory, max_items: int | None = None) -> list[str]:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file + rename (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def predict_aligned(

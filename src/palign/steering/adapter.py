@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from torch import nn
 
 from palign import __version__
 from palign.errors import PalignError
+from palign.paths import atomic_write
 from palign.steering.arch import ArchSpec, resolve_arch
 from palign.steering.pas import PASFit, PASResult, WoSource, layer_vectors, unit_layer_vectors
 
@@ -90,18 +90,6 @@ class PASAdapter:
     def recompute_u(self, alpha: float, w_o: WoSource) -> torch.Tensor:
         """Recompute ``u`` at ``alpha`` from the directions and a model's ``W_o``."""
         return layer_vectors(self.fit, alpha, w_o)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_adapter(
@@ -190,11 +178,11 @@ def save_adapter(
         config["extra"] = dict(extra)
     from safetensors.torch import save_file
 
-    _atomic_write(
+    atomic_write(
         folder / ADAPTER_WEIGHTS,
         lambda p: save_file(tensors, p, metadata={"format": "pt", "kind": _KIND}),
     )
-    _atomic_write(
+    atomic_write(
         folder / ADAPTER_CONFIG,
         lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"),
     )

@@ -12,7 +12,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from palign.errors import PalignError
+from palign.paths import atomic_write, cache_dir
 from palign.steering.arch import ArchSpec, resolve_arch
 
 __all__ = [
@@ -221,13 +221,7 @@ def text_sha256(text: str) -> str:
 
 def activations_cache_dir() -> Path:
     """``$PALIGN_CACHE`` else ``$XDG_CACHE_HOME/palign`` else ``~/.cache/palign``, + ``activations``."""
-    root = os.environ.get("PALIGN_CACHE")
-    if root:
-        base = Path(root)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg) / "palign" if xdg else Path.home() / ".cache" / "palign"
-    return base / "activations"
+    return cache_dir("activations")
 
 
 def _canonical(key_fields: Mapping[str, Any]) -> str:
@@ -240,18 +234,6 @@ def _canonical(key_fields: Mapping[str, Any]) -> str:
 def cache_key(key_fields: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``key_fields`` (sorted keys)."""
     return text_sha256(_canonical(key_fields))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cached_activations(
@@ -297,7 +279,7 @@ def cached_activations(
     acts = acts.detach().to("cpu").contiguous()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(tensor_path, lambda p: save_file({"activations": acts}, p))
+        atomic_write(tensor_path, lambda p: save_file({"activations": acts}, p))
         meta = {
             "key": key,
             "key_fields": json.loads(canonical),
@@ -305,7 +287,7 @@ def cached_activations(
             "dtype": str(acts.dtype),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _atomic_write(
+        atomic_write(
             meta_path, lambda p: Path(p).write_text(json.dumps(meta, indent=1), encoding="utf-8")
         )
     except OSError as e:
