@@ -29,14 +29,7 @@ from palign.models.readout import (
 )
 from tests.test_models_prompts import load_smollm2_tokenizer
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One thread avoids OpenMP contention on shared CPUs (small models gain little)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from palign.errors import PalignError
+from palign.paths import cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -74,14 +75,8 @@ class LoadedModel:
 # --- resolution helpers -------------------------------------------------------------------
 def cache_root() -> Path:
     """palign's user cache: ``$PALIGN_CACHE`` else ``$XDG_CACHE_HOME/palign`` else
-    ``~/.cache/palign``."""
-    env = os.environ.get("PALIGN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "palign"
-    return Path.home() / ".cache" / "palign"
+    ``~/.cache/palign`` (see :func:`palign.paths.cache_dir`)."""
+    return cache_dir().expanduser()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
