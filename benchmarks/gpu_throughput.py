@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="llama3-8b", help="llama3-8b (default) or tiny")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--persons", type=int, default=None, help="P (default 32 on GPU, 2 on CPU)")
-    ap.add_argument("--honest-persons", type=int, default=None, help="default 8 on GPU, 1 on CPU")
+    ap.add_argument("--honest-persons", type=int, default=None, help="default 16 on GPU, 1 on CPU")
     ap.add_argument("--person-batch", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-items", type=int, default=None, help="test items (default all 180)")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = dev.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
     P = args.persons or (32 if gpu else 2)
-    H = args.honest_persons or (8 if gpu else 1)
+    H = args.honest_persons or (16 if gpu else 1)
     t_all = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
     # a fresh cache, so that the capture is measured, not read back
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     with Timer(dev) as t_h:
         for s in range(0, H, args.person_batch):
             chunk = persons[s : s + min(args.person_batch, H - s)]
-            aligned = [method.fit(lm, ds, p) for p in chunk]
+            aligned = method.fit_many(lm, ds, chunk)
             alphas_chosen += [a.info["alpha"] for a in aligned]
             predict_aligned(
                 lm, ds, aligned, items, "logits", args.batch_size, kv_store=method.kv_store

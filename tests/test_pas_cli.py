@@ -218,3 +218,19 @@ def test_personality_prompt_generates_for_new_person(papi: Dataset, tiny_lm: Loa
         release.info["persona_source"] == "release"
         and release.system_prompt == ds.persons[0].persona
     )
+
+
+@pytest.mark.parametrize("name", ["pas", "pas+few-shot"])
+def test_fit_many_equals_fit_one_by_one(
+    name: str, papi: Dataset, tiny_lm: LoadedModel, cache: Path
+) -> None:
+    ds = small(papi, 3)
+    persons = ds.persons[:3]
+    opts = {"alpha_grid": [0.0, 2.0, 8.0], "k": 4}
+    many = get_method(name, MethodConfig("agreement", 0, opts)).fit_many(tiny_lm, ds, persons)
+    one = get_method(name, MethodConfig("agreement", 0, opts))
+    for p, a in zip(persons, many):
+        b = one.fit(tiny_lm, ds, p)
+        assert a.info["alpha"] == b.info["alpha"] and a.info["heads"] == b.info["heads"]
+        assert a.info["validation_errors"] == pytest.approx(b.info["validation_errors"], abs=1e-9)
+        assert torch.allclose(a.steering, b.steering) and a.system_prompt == b.system_prompt

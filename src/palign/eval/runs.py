@@ -286,7 +286,7 @@ def run_eval(
                     shared["info"] = a.info
                 recs = [dict(shared) for _ in chunk]
             else:
-                aligned = [method.fit(lm, dataset, p) for p in chunk]
+                aligned = method.fit_many(lm, dataset, chunk)
                 recs = predict_aligned(
                     lm,
                     dataset,

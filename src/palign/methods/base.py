@@ -74,6 +74,10 @@ class Method:
         """Align to ``person`` from their shown answers only."""
         raise NotImplementedError
 
+    def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
+        """:meth:`fit` for several persons; methods may share work between them."""
+        return [self.fit(lm, dataset, p) for p in persons]
+
     def record(self) -> dict[str, Any]:
         """The method's configuration as stored in results files."""
         return {"name": self.name, "seed": self.config.seed, **self.config.options}

@@ -170,11 +170,7 @@ class PAS(Method):
         if self.acts is None:
             self.setup(lm, dataset)
         inv = dataset.inventory
-        answers = np.nan_to_num(person.answer_vector(inv, inv.shown_ids, self.config.semantics))
-        if not ((answers > 3) | ((answers > 0) & (answers < 3))).any():
-            raise PalignError(
-                f"person {person.id} has no non-neutral shown answer; PAS needs answers other than 3"
-            )
+        answers = self._check_answers(dataset, person)
         seed = self.config.seed
         if self.selection == "heldout":
             score = self._score_fn(lm, dataset, person, inv.shown_ids, hide_held=True)
@@ -202,9 +198,106 @@ class PAS(Method):
         res.u = alpha * res.u_unit
         return res
 
+    def select_alpha_many(
+        self, lm: LoadedModel, dataset: Dataset, persons: list[Person]
+    ) -> list[tuple[float, dict[float, float]]]:
+        """Held-out alpha selection for several persons at once.
+
+        The same computation as :func:`palign.steering.pas.select_alpha` per person (same
+        folds, refits and errors), but fold ``f`` of every person is scored in one readout
+        call, so persons share forward passes.
+        """
+        from palign.models.readout import ReadRequest, option_probs
+        from palign.steering.pas import (
+            _answers_tensor,
+            _errors,
+            fit_person,
+            fold_assignment,
+            layer_vectors_grid,
+        )
+
+        inv = dataset.inventory
+        shown = inv.shown_ids
+        n_a = len(self.grid)
+        state = []
+        for p in persons:
+            a = _answers_tensor(np.nan_to_num(p.answer_vector(inv, shown, self.config.semantics)))
+            answered = torch.nonzero(a > 0).flatten()
+            ids = [shown[i] for i in answered.tolist()]
+            folds = fold_assignment(answered.numel(), self.folds, self.config.seed, ids)
+            state.append((p, a, answered, folds, torch.zeros(n_a, dtype=torch.float64), [0]))
+        for f in range(max(len(s[3]) for s in state)):
+            rows: list[torch.Tensor] = []
+            reqs: list[ReadRequest] = []
+            spans = []
+            for p, a, answered, folds, total, count in state:
+                if f >= len(folds):
+                    continue
+                held = answered[torch.tensor(folds[f], dtype=torch.long)]
+                train = a.clone()
+                train[held] = 0.0
+                fit = fit_person(self.acts, train, K=self.k, seed=self.config.seed)
+                u = layer_vectors_grid(fit, self.grid, self.arch)
+                hidden_ids = {shown[i] for i in held.tolist()}
+                sys_prompt = self.system_prompt(dataset, p, hidden_ids)
+                base, start = len(rows), len(reqs)
+                rows += list(u)
+                statements = [inv.statement(inv.item(shown[i])) for i in held.tolist()]
+                reqs += [
+                    ReadRequest(sys_prompt, st, base + k) for k in range(n_a) for st in statements
+                ]
+                spans.append((total, count, a[held], start, len(statements)))
+            out = option_probs(
+                lm,
+                reqs,
+                batch_size=self.batch_size,
+                steering=torch.stack(rows),
+                kv_store=self.kv_store,
+            )
+            for total, count, truth, start, n in spans:
+                pred = out.answers[start : start + n_a * n].reshape(n_a, n)
+                total += _errors(pred, truth, n_a).sum(dim=1)
+                count[0] += n
+        result = []
+        for *_, total, count in state:
+            errors = {al: float(total[i] / count[0]) for i, al in enumerate(self.grid)}
+            result.append((min(self.grid, key=lambda al: (errors[al], al)), errors))
+        return result
+
+    def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
+        """:meth:`fit` for several persons, their alpha searches sharing forward passes."""
+        if self.selection != "heldout" or len(persons) < 2:
+            return [self.fit(lm, dataset, p) for p in persons]
+        if self.acts is None:
+            self.setup(lm, dataset)
+        for p in persons:
+            self._check_answers(dataset, p)
+        chosen = self.select_alpha_many(lm, dataset, persons)
+        out = []
+        inv = dataset.inventory
+        for p, (alpha, errors) in zip(persons, chosen):
+            answers = np.nan_to_num(p.answer_vector(inv, inv.shown_ids, self.config.semantics))
+            res = fit_pas(
+                self.acts, answers, self.arch, alpha=alpha, seed=self.config.seed, K=self.k
+            )
+            res.alpha_selection, res.validation_errors = "heldout-kfold", errors
+            out.append(self._aligned(dataset, p, res))
+        return out
+
+    def _check_answers(self, dataset: Dataset, person: Person) -> np.ndarray:
+        inv = dataset.inventory
+        answers = np.nan_to_num(person.answer_vector(inv, inv.shown_ids, self.config.semantics))
+        if not ((answers > 3) | ((answers > 0) & (answers < 3))).any():
+            raise PalignError(
+                f"person {person.id} has no non-neutral shown answer; PAS needs answers other than 3"
+            )
+        return answers
+
     def fit(self, lm: LoadedModel, dataset: Dataset, person: Person) -> Aligned:
         """Fit, then return the system prompt and the person's steering vectors."""
-        res = self.fit_result(lm, dataset, person)
+        return self._aligned(dataset, person, self.fit_result(lm, dataset, person))
+
+    def _aligned(self, dataset: Dataset, person: Person, res: PASResult) -> Aligned:
         info: dict[str, Any] = {
             "alpha": res.alpha,
             "alpha_selection": res.alpha_selection,
