@@ -218,7 +218,10 @@ def shifts(fit: PASFit, alpha: float) -> torch.Tensor:
 
 def _w_o_getter(w_o: WoSource) -> Callable[[int], torch.Tensor]:
     if isinstance(w_o, ArchSpec):
-        return w_o.w_o
+        arch = w_o
+        # keep W_o where the model keeps it: an 8B layer's W_o is 64 MB in float32, too
+        # much to copy to the CPU for every fit
+        return lambda layer: arch.w_o(layer, device=arch.modules[layer].weight.device)
     if callable(w_o):
         return w_o
     seq = list(w_o)
