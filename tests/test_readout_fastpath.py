@@ -45,7 +45,7 @@ def test_kv_store_reuse_is_exact(tiny_lm: LoadedModel) -> None:
     fresh = option_probs(tiny_lm, reqs, batch_size=2, steering=table)
     store = KVStore()
     first = option_probs(tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store)
-    assert len(store) == 3  # one entry per statement, whatever the rows
+    assert len(store) == 4  # the shared prefix + one entry per statement, whatever the rows
     again = option_probs(tiny_lm, reqs, batch_size=3, steering=table, kv_store=store)
     np.testing.assert_allclose(first.probs, fresh.probs[:4], atol=1e-5, rtol=0)
     np.testing.assert_allclose(again.probs, fresh.probs, atol=1e-5, rtol=0)

@@ -246,6 +246,10 @@ class _ReadContext:
         steering: torch.Tensor | None,
     ) -> None:
         self.model, self.device, self.mdtype, self.pad_id = model, device, mdtype, pad_id
+        self.kv_bytes_per_token = _kv_bytes_per_token(model, mdtype)
+        # materialised per-row caches per forward: a long shared prefix (few-shot, persona)
+        # copied to every row must not exhaust memory
+        self.budget = (8 << 30) if device.type == "cuda" else (1 << 30)
         self.cache_kw, self.keep_kw, self.opt_ids, self.steering = (
             cache_kw,
             keep_kw,
@@ -293,7 +297,7 @@ class _ReadContext:
         # longest first to reduce padding; without a prefix, rows are read one at a time (a
         # fully padded query row would have nothing to attend to)
         order = sorted(range(len(keys)), key=lambda j: -len(seqs[j]))
-        size = batch_size if plen else 1
+        size = self.rows_for(plen + max(len(x) for x in seqs), batch_size) if plen else 1
         for chunk in _chunks(order, size):
             ids, smask = _left_pad([seqs[j] for j in chunk], self.pad_id, self.device)
             b = ids.shape[0]
@@ -310,9 +314,14 @@ class _ReadContext:
             self._store(out.logits[:, -1, :], [keys[j] for j in chunk], uniq, probs, bar)
         return len(keys)
 
+    def rows_for(self, length: int, cap: int) -> int:
+        """Rows per forward so that the materialised caches stay within the memory budget."""
+        per_row = max(1, self.kv_bytes_per_token * length)
+        return max(1, min(cap, self.budget // per_row))
+
     def two_stage(
         self,
-        stored: list[tuple[torch.Tensor, torch.Tensor]],
+        prefix: list[tuple[torch.Tensor, torch.Tensor]],
         plen: int,
         suffixes: dict[str, list[int]],
         uniq: dict[tuple[str, int | None], list[int]],
@@ -322,20 +331,23 @@ class _ReadContext:
         store: KVStore,
         system_prompt: str | None,
     ) -> int:
-        """Stage 1: each statement's prompt up to its last token, unsteered, once (kept in
-        ``store``, so later calls reuse it); stage 2: the last token for every steering row,
-        many rows per forward, from copies of those caches."""
-        # this call's entries stay referenced here, whatever the store evicts meanwhile
+        """Stage 1: each statement's prompt up to its last token, unsteered, once; the
+        statement's part of that cache (after the shared prefix) is kept in ``store`` so later
+        calls reuse it. Stage 2: the last token for every steering row, many rows per forward,
+        on [shared prefix | statement part] caches."""
+        tag = (system_prompt, plen)
         local = {
-            st: store.get((system_prompt, st)) for st in suffixes if (system_prompt, st) in store
+            st: store.get(("body", *tag, st)) for st in suffixes if ("body", *tag, st) in store
         }
         missing = [st for st in suffixes if st not in local]
         missing.sort(key=lambda st: -len(suffixes[st]))
-        for chunk in _chunks(missing, batch_size):
+        longest = plen + max(len(x) for x in suffixes.values())
+        size1 = self.rows_for(longest, batch_size)
+        for chunk in _chunks(missing, size1):
             bodies = [suffixes[st][:-1] for st in chunk]
             ids, bmask = _left_pad(bodies, self.pad_id, self.device)
             b, width = ids.shape
-            cache = _fresh_cache(self.model, stored, b)
+            cache = _fresh_cache(self.model, prefix, b)
             ones = torch.ones((b, plen), dtype=bmask.dtype, device=self.device)
             pos = plen + (bmask.cumsum(dim=1) - 1).clamp(min=0)
             out = self.model(
@@ -349,43 +361,48 @@ class _ReadContext:
             kv = _cache_tensors(_out_cache(out))
             for r, st in enumerate(chunk):
                 n = len(bodies[r])  # real body tokens sit at the end of the padded body
-                keep = list(range(plen)) + list(range(plen + width - n, plen + width))
-                idx = torch.tensor(keep, device=self.device)
+                lo, hi = plen + width - n, plen + width
                 local[st] = store.put(
-                    (system_prompt, st),
-                    [
-                        (k[r : r + 1].index_select(2, idx), v[r : r + 1].index_select(2, idx))
-                        for k, v in kv
-                    ],
+                    ("body", *tag, st),
+                    [(k[r : r + 1, :, lo:hi], v[r : r + 1, :, lo:hi]) for k, v in kv],
                 )
-        # stage 2, grouped by statement so each statement's cache is padded once
+        # stage 2, grouped by statement so each statement's part is padded once
         by_st: dict[str, list[tuple[str, int | None]]] = {}
         for key in uniq:
             by_st.setdefault(key[0], []).append(key)
         keys_all = [
             key for st in sorted(by_st, key=lambda s: -len(suffixes[s])) for key in by_st[st]
         ]
-        for sub in _chunks(keys_all, max(batch_size, 8 * batch_size)):
+        size2 = self.rows_for(longest + 1, max(batch_size, 8 * batch_size))
+        for sub in _chunks(keys_all, size2):
             sts = list(dict.fromkeys(k[0] for k in sub))
-            kvs = [local[st] for st in sts]
+            parts = [local[st] for st in sts]
             counts = [sum(1 for k in sub if k[0] == st) for st in sts]
-            lens = [kv[0][0].shape[2] for kv in kvs]
+            lens = [kv[0][0].shape[2] for kv in parts]
             width = max(lens)
+            rows = len(sub)
             layers = []
-            for li in range(len(kvs[0])):
+            for li in range(len(parts[0])):
                 ks, vs = [], []
-                for kv, c, n in zip(kvs, counts, lens):
+                for kv, c, n in zip(parts, counts, lens):
                     k, v = kv[li]
                     padw = (0, 0, width - n, 0)
                     ks.append(torch.nn.functional.pad(k, padw).expand(c, -1, -1, -1))
                     vs.append(torch.nn.functional.pad(v, padw).expand(c, -1, -1, -1))
-                layers.append((torch.cat(ks), torch.cat(vs)))
-            mask = torch.zeros((len(sub), width + 1), dtype=torch.long, device=self.device)
+                k_all, v_all = torch.cat(ks), torch.cat(vs)
+                if plen:
+                    pk, pv = prefix[li]
+                    k_all = torch.cat([pk.expand(rows, -1, -1, -1), k_all], dim=2)
+                    v_all = torch.cat([pv.expand(rows, -1, -1, -1), v_all], dim=2)
+                layers.append((k_all, v_all))
+            mask = torch.zeros((rows, plen + width + 1), dtype=torch.long, device=self.device)
+            mask[:, :plen] = 1
+            mask[:, -1] = 1
+            pos_list: list[int] = []
             row = 0
-            pos_list = []
             for c, n in zip(counts, lens):
-                mask[row : row + c, width - n :] = 1
-                pos_list += [n] * c
+                mask[row : row + c, plen + width - n : plen + width] = 1
+                pos_list += [plen + n] * c
                 row += c
             cache2 = _indexed_cache(self.model, layers, None)
             last = torch.tensor([[suffixes[k[0]][-1]] for k in sub], device=self.device)
@@ -450,6 +467,17 @@ class KVStore:
         """Drop everything."""
         self._d.clear()
         self.bytes = 0
+
+
+def _kv_bytes_per_token(model: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys + values of one token over all layers."""
+    cfg = model.config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    layers = int(getattr(cfg, "num_hidden_layers", 1))
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    hd = getattr(cfg, "head_dim", None) or int(getattr(cfg, "hidden_size", heads)) // heads
+    return 2 * layers * kv * int(hd) * torch.tensor([], dtype=dtype).element_size()
 
 
 def _indexed_cache(
@@ -533,34 +561,29 @@ def option_probs(
             }
             longest = plen + max(len(x) for x in suffixes.values())
             two = bool(steered and plen and (window is None or longest < window - 1))
-            stored: list[tuple[torch.Tensor, torch.Tensor]] = []
-            all_stored = kv_store is not None and all(
-                (system_prompt, st) in kv_store for st in suffixes
-            )
-            if plen and not (two and all_stored):
+            store = kv_store if kv_store is not None else KVStore()
+            ptag = ("prefix", system_prompt, plen)
+            pkv: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if plen and two and ptag in store:
+                pkv = store.get(ptag)
+            elif plen:
                 out = model(
                     input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep_kw
                 )
-                stored = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
+                pkv = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
+                if two:
+                    pkv = store.put(ptag, pkv)
             if two:
                 # two stages: each statement's prompt up to its last token once, then only
                 # the last token per steering row ("last"-position steering touches nothing
                 # before it), so persons and alphas share all but one position per item
                 ctx.two_stage(
-                    stored,
-                    plen,
-                    suffixes,
-                    uniq,
-                    batch_size,
-                    probs,
-                    bar,
-                    kv_store if kv_store is not None else KVStore(),
-                    system_prompt,
+                    pkv, plen, suffixes, uniq, batch_size, probs, bar, store, system_prompt
                 )
             else:
                 keys = list(uniq)
                 seqs = [suffixes[k[0]] for k in keys]
-                ctx.one_stage(stored, plen, seqs, keys, uniq, batch_size, probs, bar)
+                ctx.one_stage(pkv, plen, seqs, keys, uniq, batch_size, probs, bar)
     if bar is not None:
         bar.close()
     answers = (5 - probs.argmax(axis=1)).astype(int)
