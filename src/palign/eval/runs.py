@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,10 +194,11 @@ def _check_config(out: Path, cfg: RunConfig, write: bool = True) -> None:
             raise PalignError(
                 f"{path} is not valid JSON; delete the folder or use another --out"
             ) from None
-        if old.get("identity") != cfg.identity():
-            diff = sorted(
-                k for k in cfg.identity() if old.get("identity", {}).get(k) != cfg.identity()[k]
-            )
+        # fields added after a run was written count as their defaults
+        defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+        have = {**defaults, **(old.get("identity") or {})}
+        if any(have.get(k) != v for k, v in cfg.identity().items()):
+            diff = sorted(k for k, v in cfg.identity().items() if have.get(k) != v)
             raise PalignError(
                 f"{out} holds a run with a different configuration ({', '.join(diff)}); "
                 f"use another --out or delete it"
