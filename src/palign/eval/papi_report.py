@@ -140,6 +140,7 @@ def build_report(
         "semantics": semantics,
         "persons": ids,
         "n_items": len(item_ids),
+        "max_items": max_items,
         "seed": seed,
         "options": options or {},
         "versions": versions(),
@@ -169,6 +170,12 @@ def markdown(d: dict[str, Any]) -> str:
         f"semantics, {len(d['persons'])} persons, {d['n_items']} test items each, seed {d['seed']}. "
         "Mean absolute error per trait (lower is better); `sum` is the paper's overall, "
         "`±` the 95% interval over persons.",
+        "",
+        f"Reproduce: `python benchmarks/papi_table.py --model {d['model']} --persons "
+        f"{len(d['persons'])} --name {d['name']}"
+        + (f" --max-items {d['n_items']}" if d.get("max_items") else "")
+        + (f" --semantics {d['semantics']}" if d["semantics"] != "agreement" else "")
+        + "` (finished runs in `runs/<name>/` are reused).",
         "",
         "| method | " + " | ".join(traits) + " | mean | sum | exact | s/person |",
         "|---|" + "---|" * (len(traits) + 4),
