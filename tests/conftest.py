@@ -114,3 +114,12 @@ def tiny_lm() -> LoadedModel:
     return LoadedModel(
         model, tok, "tiny", "tiny-random-llama", None, torch.device("cpu"), torch.float32
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> Path:
+    """``tiny_lm`` saved as a model folder (config, safetensors, tokenizer)."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_lm.model.save_pretrained(folder)
+    tiny_lm.tokenizer.save_pretrained(folder)
+    return folder

@@ -9,7 +9,6 @@ import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from palign.errors import PalignError
 from palign.models.loading import (
@@ -35,25 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A saved tiny Llama with the SmolLM2 tokenizer."""
-    tok = load_smollm2_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    folder = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def test_unknown_hub_id_offline_is_one_line(offline):

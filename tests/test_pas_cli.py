@@ -84,14 +84,6 @@ def test_answers_files(tmp_path: Path, papi: Dataset) -> None:
         read_answers_file(tmp_path / "missing.json", inv)
 
 
-@pytest.fixture
-def tiny_folder(tmp_path: Path, tiny_lm: LoadedModel) -> Path:
-    folder = tmp_path / "tiny-model"
-    tiny_lm.model.save_pretrained(folder)
-    tiny_lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_align_generate_cli(
     tmp_path: Path, papi_dir: Path, tiny_folder: Path, cache: Path, capsys
 ) -> None:
