@@ -7,13 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from palign.cli import _emit
+from palign.cli.common import add_model_args, add_pas_args, data_args, emit, fmt_arg, pas_options
 from palign.errors import PalignError
 
 
 def cmd_align(args: argparse.Namespace) -> None:
     """Fit a PAS adapter for one person and save it."""
-    from palign.cli_models import pas_options
     from palign.data import check_inventory, check_semantics, load_dataset
     from palign.data.answers import person_from_answers, read_answers_file
     from palign.data.types import Dataset
@@ -107,7 +106,7 @@ def cmd_align(args: argparse.Namespace) -> None:
         f"{' ...' if len(res.fit.heads) > 8 else ''}\n"
         f"talk to it: palign chat --adapter {out}"
     )
-    _emit(args, payload, human)
+    emit(args, payload, human)
 
 
 def _aligned(args: argparse.Namespace):
@@ -142,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         "prompt": args.prompt,
         "text": text,
     }
-    _emit(args, payload, text)
+    emit(args, payload, text)
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -188,9 +187,6 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add align / generate / chat to the parser."""
-    from palign.cli import _data_args, _fmt_arg
-    from palign.cli_models import add_model_args, add_pas_args
-
     p = sub.add_parser(
         "align",
         help="fit a PAS adapter for one person (a PAPI person or your own answers)",
@@ -209,9 +205,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="adapter folder to write")
     p.add_argument("--seed", type=int, default=0, help="seed of probe splits and folds")
     add_model_args(p)
-    _data_args(p)
+    data_args(p)
     add_pas_args(p)
-    _fmt_arg(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_align)
 
     for name, helptext in (
@@ -240,5 +236,5 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="accept a base model whose id/revision differs from the recorded one",
         )
         if name == "generate":
-            _fmt_arg(p)
+            fmt_arg(p)
         p.set_defaults(func=cmd_generate if name == "generate" else cmd_chat)

