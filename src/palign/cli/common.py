@@ -88,6 +88,13 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
     g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
     g.add_argument(
+        "--head-rank",
+        default=None,
+        choices=("mean", "val"),
+        help="rank heads by the mean of validation and training probe accuracy (mean, default: "
+        "as the original code) or by validation accuracy alone (val)",
+    )
+    g.add_argument(
         "--o-proj-path",
         default=None,
         help="module path template of the attention output projection for architectures palign "
@@ -107,7 +114,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
             raise PalignError(
                 f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
             ) from None
-    for name in ("alpha_selection", "alpha", "folds", "o_proj_path"):
+    for name in ("alpha_selection", "alpha", "folds", "head_rank", "o_proj_path"):
         v = getattr(args, name, None)
         if v is not None:
             opts[name] = v

@@ -27,7 +27,15 @@ from palign.methods.base import Aligned, Method, MethodConfig, register
 from palign.methods.few_shot import few_shot_prompt
 from palign.models.loading import LoadedModel
 from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
-from palign.steering.pas import DEFAULT_ALPHAS, DEFAULT_K, PASResult, fit_pas, oracle_alpha
+from palign.steering.pas import (
+    DEFAULT_ALPHAS,
+    DEFAULT_HEAD_RANK,
+    DEFAULT_K,
+    PASResult,
+    check_head_rank,
+    fit_pas,
+    oracle_alpha,
+)
 
 DEFAULT_FOLDS = 3
 SELECTIONS = ("heldout", "fixed", "oracle")
@@ -84,7 +92,9 @@ class PAS(Method):
 
     Options (``MethodConfig.options``): ``k`` (heads, default 24), ``alpha_grid`` (default
     0,1,2,4,6,8), ``alpha_selection`` (heldout | fixed | oracle), ``alpha`` (for fixed),
-    ``folds`` (default 3), ``o_proj_path`` (module path template for unknown architectures),
+    ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
+    and training probe accuracy, the original's and the default, or by validation accuracy),
+    ``o_proj_path`` (module path template for unknown architectures),
     ``batch_size`` (readout rows per forward during selection, default 32).
     """
 
@@ -103,6 +113,7 @@ class PAS(Method):
         self.alpha = o.get("alpha")
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
+        self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
         if self.selection not in SELECTIONS:
             raise PalignError(
                 f"unknown alpha selection {self.selection!r}; use one of: {', '.join(SELECTIONS)}"
@@ -184,13 +195,22 @@ class PAS(Method):
                 seed=seed,
                 K=self.k,
                 item_ids=inv.shown_ids,
+                head_rank=self.head_rank,
             )
         if self.selection == "fixed":
             return fit_pas(
-                self.acts, answers, self.arch, alpha=float(self.alpha), seed=seed, K=self.k
+                self.acts,
+                answers,
+                self.arch,
+                alpha=float(self.alpha),
+                seed=seed,
+                K=self.k,
+                head_rank=self.head_rank,
             )
         # oracle: fit on all shown items, then pick alpha on the TEST items
-        res = fit_pas(self.acts, answers, self.arch, alpha=1.0, seed=seed, K=self.k)
+        res = fit_pas(
+            self.acts, answers, self.arch, alpha=1.0, seed=seed, K=self.k, head_rank=self.head_rank
+        )
         test = np.nan_to_num(person.answer_vector(inv, inv.test_ids, self.config.semantics))
         score = self._score_fn(lm, dataset, person, inv.test_ids, hide_held=False)
         alpha, errors = oracle_alpha(res.fit, self.arch, score, test, grid=self.grid)
@@ -236,7 +256,9 @@ class PAS(Method):
                 held = answered[torch.tensor(folds[f], dtype=torch.long)]
                 train = a.clone()
                 train[held] = 0.0
-                fit = fit_person(self.acts, train, K=self.k, seed=self.config.seed)
+                fit = fit_person(
+                    self.acts, train, K=self.k, seed=self.config.seed, head_rank=self.head_rank
+                )
                 u = layer_vectors_grid(fit, self.grid, self.arch)
                 hidden_ids = {shown[i] for i in held.tolist()}
                 sys_prompt = self.system_prompt(dataset, p, hidden_ids)
@@ -278,7 +300,13 @@ class PAS(Method):
         for p, (alpha, errors) in zip(persons, chosen):
             answers = np.nan_to_num(p.answer_vector(inv, inv.shown_ids, self.config.semantics))
             res = fit_pas(
-                self.acts, answers, self.arch, alpha=alpha, seed=self.config.seed, K=self.k
+                self.acts,
+                answers,
+                self.arch,
+                alpha=alpha,
+                seed=self.config.seed,
+                K=self.k,
+                head_rank=self.head_rank,
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             out.append(self._aligned(dataset, p, res))
@@ -318,6 +346,7 @@ class PAS(Method):
             "alpha_selection": self.selection,
             "alpha": self.alpha,
             "folds": self.folds,
+            "head_rank": self.head_rank,
             "selection_readout": "logits",
             "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,
         }

@@ -30,7 +30,14 @@ from palign import __version__
 from palign.errors import PalignError
 from palign.paths import atomic_write
 from palign.steering.arch import ArchSpec, resolve_arch
-from palign.steering.pas import PASFit, PASResult, WoSource, layer_vectors, unit_layer_vectors
+from palign.steering.pas import (
+    HEAD_RANKS,
+    PASFit,
+    PASResult,
+    WoSource,
+    layer_vectors,
+    unit_layer_vectors,
+)
 
 __all__ = [
     "ADAPTER_CONFIG",
@@ -170,6 +177,7 @@ def save_adapter(
         },
         "seed": fit.seed,
         "n_items": fit.n_items,
+        "head_rank": fit.head_rank,
         "position": "last",
         "palign_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -296,6 +304,9 @@ def load_adapter(
     if not torch.allclose(u, alpha * u_unit, rtol=1e-4, atol=1e-6):
         raise _bad(folder, "u differs from alpha * u_unit")
 
+    head_rank = config.get("head_rank", "val")
+    if head_rank not in HEAD_RANKS:
+        raise _bad(folder, f"unknown head_rank {head_rank!r} (expected one of {HEAD_RANKS})")
     fit = PASFit(
         heads=heads,
         directions=tensors["directions"].float(),
@@ -307,6 +318,8 @@ def load_adapter(
         n_heads=n_heads,
         head_dim=head_dim,
         n_items=int(config.get("n_items", 0)),
+        # adapters written before head_rank was recorded were ranked by validation accuracy
+        head_rank=str(head_rank),
     )
     errors_cfg = config.get("validation_errors") or {}
     try:

@@ -10,8 +10,10 @@ Per person:
 1. :func:`labels_for`: a sample is 1 if its letter matches the person (A for answer > 3, E
    for answer < 3), else 0; neutral (3) and missing answers are skipped.
 2. :func:`fit_person`: one logistic probe per head on a seeded 60/40 split *of items* (both
-   samples of an item fall on the same side), heads ranked by validation accuracy
-   (validation log-loss breaks ties), top ``K`` kept; per kept head the normalised
+   samples of an item fall on the same side), heads ranked by the mean of validation and
+   training accuracy (``head_rank="mean"``, the original's ranking) or by validation accuracy
+   alone (``head_rank="val"``); validation log-loss breaks ties; top ``K`` kept; per kept head
+   the normalised
    mass-mean direction and the std ``sigma`` of the samples' projections on it, over all the
    person's labelled samples.
 3. :func:`shifts` / :func:`layer_vectors`: the shift ``alpha * sigma * direction`` of each
@@ -38,14 +40,18 @@ from palign.steering.probes import fit_probes_full, mass_mean_directions, rank_h
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "DEFAULT_HEAD_RANK",
     "DEFAULT_K",
+    "HEAD_RANKS",
     "PASFit",
     "PASResult",
     "ScoreFn",
     "WoSource",
     "fit_pas",
     "fit_person",
+    "check_head_rank",
     "fold_assignment",
+    "head_scores",
     "labels_for",
     "layer_vectors",
     "layer_vectors_grid",
@@ -57,6 +63,9 @@ __all__ = [
 
 DEFAULT_K = 24
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
+HEAD_RANKS: tuple[str, ...] = ("mean", "val")
+#: The original code's head ranking: the mean of validation and training probe accuracy.
+DEFAULT_HEAD_RANK = "mean"
 #: The error of an unparsed/out-of-range prediction (the largest possible on 1..5).
 UNPARSED_ERROR = 4.0
 
@@ -113,6 +122,10 @@ class PASFit:
         n_heads: query heads per layer.
         head_dim: width of one head.
         n_items: items used (non-neutral, answered).
+        head_rank: how the heads were ranked (``"mean"`` of validation and training
+            accuracy, or ``"val"`` = validation accuracy alone).
+        train_accuracy: ``(K,)`` probe training accuracy of the kept heads (``None`` where
+            unknown, e.g. adapters written before it was recorded).
     """
 
     heads: list[tuple[int, int]]
@@ -125,6 +138,32 @@ class PASFit:
     n_heads: int
     head_dim: int
     n_items: int = 0
+    head_rank: str = DEFAULT_HEAD_RANK
+    train_accuracy: torch.Tensor | None = None
+
+
+def check_head_rank(head_rank: str) -> str:
+    """Return ``head_rank`` if it is one of :data:`HEAD_RANKS`, else raise PalignError."""
+    if head_rank not in HEAD_RANKS:
+        raise PalignError(
+            f"unknown head ranking {head_rank!r}; use one of: {', '.join(HEAD_RANKS)} "
+            "(mean = mean of validation and training accuracy, as the original; val = validation)"
+        )
+    return head_rank
+
+
+def head_scores(
+    val_accuracy: torch.Tensor, train_accuracy: torch.Tensor, head_rank: str
+) -> torch.Tensor:
+    """The ``(L, H)`` score heads are ranked by (higher = better).
+
+    ``"val"``: the validation accuracy. ``"mean"``: ``(validation + training accuracy) / 2``,
+    as the original code (``all_head_accs_np.mean(2)`` over ``[val_acc, train_acc]``).
+    """
+    check_head_rank(head_rank)
+    if head_rank == "val":
+        return val_accuracy
+    return (val_accuracy + train_accuracy) / 2
 
 
 def _check_acts(acts: torch.Tensor, n_items: int) -> None:
@@ -155,6 +194,7 @@ def fit_person(
     val_frac: float = 0.4,
     l2: float = 1.0,
     steps: int = 10,
+    head_rank: str = DEFAULT_HEAD_RANK,
 ) -> PASFit:
     """Fit one person's PAS heads and directions.
 
@@ -166,6 +206,9 @@ def fit_person(
         val_frac: fraction of items held out to rank the probes.
         l2: probe L2 penalty (sklearn ``1/C``).
         steps: Newton steps of the probes.
+        head_rank: ``"mean"`` (default, the original's): rank heads by the mean of validation
+            and training accuracy; ``"val"``: by validation accuracy alone. Ties: validation
+            log-loss, then ``(layer, head)``.
 
     Returns:
         A :class:`PASFit`.
@@ -173,6 +216,7 @@ def fit_person(
     Raises:
         PalignError: bad shapes, or fewer than 2 answered non-neutral items.
     """
+    check_head_rank(head_rank)
     a = _answers_tensor(answers)
     _check_acts(acts, a.shape[0])
     y = labels_for(a)
@@ -190,10 +234,13 @@ def fit_person(
 
     tr, va = samples(tr_items), samples(va_items)
     probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
-    heads = rank_heads(probe.val_accuracy, K, tiebreak=probe.val_loss)
+    train_acc = _probe_accuracy(acts, y, tr, probe.weights, probe.bias)
+    score = head_scores(probe.val_accuracy, train_acc, head_rank)
+    heads = rank_heads(score, K, tiebreak=probe.val_loss)
     dirs, sig = mass_mean_directions(acts, y, heads)  # skips the -1 (unlabelled) samples
     L, H, d = acts.shape[1:]
     val_acc = torch.tensor([float(probe.val_accuracy[lh]) for lh in heads])
+    tr_acc = torch.tensor([float(train_acc[lh]) for lh in heads])
     return PASFit(
         heads=heads,
         directions=dirs,
@@ -205,7 +252,24 @@ def fit_person(
         n_heads=int(H),
         head_dim=int(d),
         n_items=int(usable.numel()),
+        head_rank=head_rank,
+        train_accuracy=tr_acc,
     )
+
+
+def _probe_accuracy(
+    acts: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    weights: torch.Tensor,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """``(L, H)`` accuracy of the fitted probes (``weights (L, H, d)``, ``bias (L, H)``) on the
+    samples ``idx`` (prediction: logit > 0, as scikit-learn's ``predict``)."""
+    X = acts[idx.to(acts.device)].float()
+    z = torch.einsum("nlhd,lhd->lhn", X, weights.to(X.device)) + bias.to(X.device).unsqueeze(-1)
+    yy = y[idx].to(z.device).float()
+    return ((z > 0).float() == yy).float().mean(dim=-1).cpu()
 
 
 def shifts(fit: PASFit, alpha: float) -> torch.Tensor:
@@ -320,6 +384,7 @@ def select_alpha(
     seed: int = 0,
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
+    head_rank: str = DEFAULT_HEAD_RANK,
 ) -> tuple[float, dict[float, float]]:
     """Choose alpha by seeded k-fold cross-validation over the *shown* items.
 
@@ -343,6 +408,7 @@ def select_alpha(
         K: heads to keep.
         item_ids: optional ids of the shown items (fold assignment by id, see
             :func:`fold_assignment`).
+        head_rank: head ranking of the refits (see :func:`fit_person`).
 
     Returns:
         ``(alpha, {alpha: mean absolute error})``.
@@ -363,7 +429,7 @@ def select_alpha(
         held = answered[torch.tensor(fold, dtype=torch.long)]
         train_answers = a.clone()
         train_answers[held] = 0.0
-        fit = fit_person(acts, train_answers, K=K, seed=seed)
+        fit = fit_person(acts, train_answers, K=K, seed=seed, head_rank=head_rank)
         u = layer_vectors_grid(fit, alphas, w_o)
         held_list = held.tolist()
         pred = score_fn(u, held_list)
@@ -437,6 +503,7 @@ def fit_pas(
     seed: int = 0,
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
+    head_rank: str = DEFAULT_HEAD_RANK,
 ) -> PASResult:
     """Fit PAS on all shown items; alpha fixed, or selected by :func:`select_alpha`.
 
@@ -447,7 +514,7 @@ def fit_pas(
         alpha: a fixed alpha (``alpha_selection="fixed"``); ``None`` = cross-validate
             over ``grid`` with ``score_fn`` (``"heldout-kfold"``).
         score_fn: required when ``alpha`` is ``None``.
-        grid, k_folds, seed, K, item_ids: as in :func:`select_alpha`.
+        grid, k_folds, seed, K, item_ids, head_rank: as in :func:`select_alpha`.
     """
     if alpha is None:
         if score_fn is None:
@@ -462,13 +529,14 @@ def fit_pas(
             seed=seed,
             K=K,
             item_ids=item_ids,
+            head_rank=head_rank,
         )
         how = "heldout-kfold"
     else:
         if not math.isfinite(float(alpha)):
             raise PalignError(f"alpha must be a finite number, got {alpha}")
         chosen, errors, how = float(alpha), {}, "fixed"
-    fit = fit_person(acts, answers, K=K, seed=seed)
+    fit = fit_person(acts, answers, K=K, seed=seed, head_rank=head_rank)
     unit = unit_layer_vectors(fit, w_o)
     return PASResult(
         fit=fit,
