@@ -58,14 +58,16 @@ def shown_activations(
     lm: LoadedModel, dataset: Dataset, arch: Any, batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
     """Contrastive head activations of the shown items, from the disk cache when present."""
-    from palign.steering.capture import cached_activations, capture_prompts, text_sha256
+    from palign.steering.capture import (
+        cached_activations,
+        capture_prompts,
+        model_key_fields,
+        text_sha256,
+    )
 
     prompts = contrastive_prompts(lm, dataset, NEUTRAL_SYSTEM_PROMPT)
     key = {
-        "model_id": lm.model_id,
-        "revision": lm.revision,
-        "model_type": getattr(lm.model.config, "model_type", None),
-        "dtype": str(lm.dtype),
+        **model_key_fields(lm),  # id, revision, dtype, 4-bit, weights fingerprint
         "inventory": dataset.inventory.name,
         "items": dataset.inventory.shown_ids,
         "prompts_sha256": text_sha256("\x00".join(prompts)),

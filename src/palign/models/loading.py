@@ -61,6 +61,11 @@ class LoadedModel:
         revision: commit hash where known; for ``smollm2`` the GGUF file + package version.
         device: device of the model's parameters.
         dtype: compute dtype.
+        weights_fingerprint: sha256 over (relative name, size, mtime_ns) of the weight files
+            the model was loaded from (:func:`weights_fingerprint`); ``None`` where unknown
+            (a model built in memory). Caches of model outputs key on it, so retrained
+            weights at the same path are never mistaken for the old ones.
+        load_in_4bit: whether the weights were quantised to 4 bits at load time.
     """
 
     model: PreTrainedModel
@@ -70,6 +75,56 @@ class LoadedModel:
     revision: str | None
     device: torch.device
     dtype: torch.dtype
+    weights_fingerprint: str | None = None
+    load_in_4bit: bool = False
+
+
+WEIGHT_FILE_PATTERNS: tuple[str, ...] = (
+    "*.safetensors",
+    "*.bin",
+    "*.gguf",
+    "*.index.json",
+    "config.json",
+    "tokenizer.json",
+)
+"""Files of a model folder that :func:`weights_fingerprint` covers."""
+
+
+def weights_fingerprint(path: str | os.PathLike[str]) -> str:
+    """sha256 over ``(relative name, size, mtime_ns)`` of a model's weight files.
+
+    ``path`` is a ``.gguf`` file (that file) or a model folder / hub snapshot (every file
+    matching :data:`WEIGHT_FILE_PATTERNS`, in subfolders too; symlinks are followed, so a hub
+    snapshot's blobs count). Rewriting or touching a weights file changes it; reading the
+    contents is avoided (an 8B model is 16 GB).
+
+    Raises:
+        PalignError: ``path`` does not exist.
+    """
+    root = Path(path)
+    if root.is_file():
+        files = [(root.name, root)]
+    elif root.is_dir():
+        found = {f for pat in WEIGHT_FILE_PATTERNS for f in root.rglob(pat) if f.is_file()}
+        files = sorted((f.relative_to(root).as_posix(), f) for f in found)
+    else:
+        raise PalignError(f"cannot fingerprint {path}: no such file or folder")
+    h = hashlib.sha256()
+    for name, f in files:
+        st = f.stat()
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache snapshot folder of ``repo_id``, if there is one."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:
+        return None
+    return Path(cfg).parent if isinstance(cfg, str) else None
 
 
 # --- resolution helpers -------------------------------------------------------------------
@@ -353,10 +408,12 @@ def load_model(
         _check_4bit(dev)
 
     revision: str | None = None
+    weights_file: Path | None = None  # what the weights fingerprint covers
     source: str
     if spec.lower() == SMOLLM2_ALIAS:
         gguf = smollm2_gguf()
         if gguf is not None:
+            weights_file = gguf
             source = str(convert_gguf(gguf))
             model_id, revision = SMOLLM2_HUB_ID, _smollm2_revision()
         else:
@@ -367,6 +424,7 @@ def load_model(
             raise PalignError(f"GGUF file not found: {spec}; check the path")
         source = str(convert_gguf(path.resolve()))
         model_id = str(path.resolve())
+        weights_file = path.resolve()
     elif _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
@@ -389,6 +447,8 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
     param = next(model.parameters())
+    if weights_file is None:
+        weights_file = Path(source) if os.path.isdir(source) else _hub_snapshot(source)
     return LoadedModel(
         model=model,
         tokenizer=tok,
@@ -397,6 +457,8 @@ def load_model(
         revision=revision,
         device=param.device,
         dtype=dt,
+        weights_fingerprint=weights_fingerprint(weights_file) if weights_file else None,
+        load_in_4bit=bool(load_in_4bit),
     )
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "cached_activations",
     "capture_head_activations",
     "capture_prompts",
+    "model_key_fields",
     "text_sha256",
 ]
 
@@ -219,6 +220,26 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def model_key_fields(lm: Any) -> dict[str, Any]:
+    """The cache-key fields that identify a loaded model's weights and numerics.
+
+    Model id and revision, ``model_type``, compute dtype, 4-bit quantisation, and the
+    fingerprint of the weight files (:func:`palign.models.loading.weights_fingerprint`): a
+    local folder has no revision, so retrained weights at the same path differ only there.
+    ``lm`` is a :class:`palign.models.loading.LoadedModel` (objects without the newer fields
+    give ``None`` / ``False``).
+    """
+    model = getattr(lm, "model", None)
+    return {
+        "model_id": getattr(lm, "model_id", None),
+        "revision": getattr(lm, "revision", None),
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "dtype": str(getattr(lm, "dtype", None)),
+        "load_in_4bit": bool(getattr(lm, "load_in_4bit", False)),
+        "weights_fingerprint": getattr(lm, "weights_fingerprint", None),
+    }
+
+
 def activations_cache_dir() -> Path:
     """``$PALIGN_CACHE`` else ``$XDG_CACHE_HOME/palign`` else ``~/.cache/palign``, + ``activations``."""
     return cache_dir("activations")
@@ -244,8 +265,9 @@ def cached_activations(
     """Return activations from the cache, or compute, store and return them.
 
     Args:
-        key_fields: everything the activations depend on, as JSON values (model id and
-            revision, chat-template hash, inventory, system prompt, item ids, dtype, ...).
+        key_fields: everything the activations depend on, as JSON values (the model's
+            :func:`model_key_fields`: id, revision, dtype, quantisation, weights fingerprint;
+            the prompts' hash, inventory, item ids, ...).
         compute_fn: computes the tensor on a miss.
         cache_dir: folder of the entries (default :func:`activations_cache_dir`).
 
