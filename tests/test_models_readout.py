@@ -204,7 +204,7 @@ def test_steering_rows_and_last_position(llama, monkeypatch):
         ReadRequest(SYSTEMS[0], STATEMENTS[1], steer=0),
         ReadRequest(SYSTEMS[1], STATEMENTS[2], steer=1),
     ]
-    out = option_probs(llama, reqs, batch_size=3, steering=table)
+    out = option_probs(llama, reqs, batch_size=3, steering=table, position="last")
     assert calls and all(c.shape[1:] == (2, 32) for c in calls)
     # reference: each full prompt alone, steered at its last position
     model, t = llama.model, llama.tokenizer
@@ -240,7 +240,10 @@ def test_generate_answers_batched_equals_single(llama, monkeypatch):
     calls: list[torch.Tensor] = []
     monkeypatch.setitem(sys.modules, "palign.steering", _fake_steering_module(calls))
     reqs_s = [ReadRequest(r.system_prompt, r.statement, steer=0) for r in reqs]
-    generate_answers(llama, reqs_s, max_new_tokens=2, batch_size=4, steering=torch.zeros(1, 2, 32))
+    generate_answers(
+        llama, reqs_s, max_new_tokens=2, batch_size=4, steering=torch.zeros(1, 2, 32),
+        position="last",
+    )
     assert len(calls) == 1 and calls[0].shape == (4, 2, 32)
 
 
@@ -253,7 +256,7 @@ def test_real_steer_integration(llama):
         ReadRequest(SYSTEMS[0], STATEMENTS[4], steer=None),
         ReadRequest(SYSTEMS[1], STATEMENTS[2], steer=0),
     ]
-    out = option_probs(llama, reqs, batch_size=2, steering=table)
+    out = option_probs(llama, reqs, batch_size=2, steering=table, position="last")
     model, t = llama.model, llama.tokenizer
     for i, r in enumerate(reqs):
         ids = torch.tensor([encode_prompt(t, build_prompt(t, r.system_prompt, r.statement))])

@@ -21,7 +21,7 @@ def test_rows_times_statements_equal_alone(tiny_lm: LoadedModel) -> None:
     table = torch.randn(4, n_layers, hidden) * 3
     reqs = [ReadRequest("sys A", st, r) for r in (0, 1, None, 2, 3) for st in STATEMENTS]
     reqs += [ReadRequest("sys B", STATEMENTS[0], 1), ReadRequest("sys A", STATEMENTS[1], 1)]
-    out = option_probs(tiny_lm, reqs, batch_size=2, steering=table)
+    out = option_probs(tiny_lm, reqs, batch_size=2, steering=table, position="last")
     opt = option_token_ids(tok)
     for i, r in enumerate(reqs):
         ids = torch.tensor([encode_prompt(tok, build_prompt(tok, r.system_prompt, r.statement))])
@@ -42,13 +42,13 @@ def test_kv_store_reuse_is_exact(tiny_lm: LoadedModel) -> None:
     torch.manual_seed(1)
     table = torch.randn(3, n_layers, hidden) * 3
     reqs = [ReadRequest("sys", st, r) for r in (0, 1, 2) for st in STATEMENTS]
-    fresh = option_probs(tiny_lm, reqs, batch_size=2, steering=table)
+    fresh = option_probs(tiny_lm, reqs, batch_size=2, steering=table, position="last")
     store = KVStore()
-    first = option_probs(tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store)
+    first = option_probs(tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store, position="last")
     assert len(store) == 4  # the shared prefix + one entry per statement, whatever the rows
-    again = option_probs(tiny_lm, reqs, batch_size=3, steering=table, kv_store=store)
+    again = option_probs(tiny_lm, reqs, batch_size=3, steering=table, kv_store=store, position="last")
     np.testing.assert_allclose(first.probs, fresh.probs[:4], atol=1e-5, rtol=0)
     np.testing.assert_allclose(again.probs, fresh.probs, atol=1e-5, rtol=0)
     tiny = KVStore(max_bytes=1)
-    option_probs(tiny_lm, reqs, steering=table, kv_store=tiny)
+    option_probs(tiny_lm, reqs, steering=table, kv_store=tiny, position="last")
     assert len(tiny) == 1  # evicted down to the newest entry

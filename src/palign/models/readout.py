@@ -13,9 +13,17 @@ row's suffix mask, and the position ids are explicit (``prefix_len + rank among 
 tokens``), so each row sees exactly its own unpadded prompt and the readout position is the
 last one (``-1``) for every row. Suffixes are sorted by length to reduce padding.
 
-Steering (``palign.steering.steer``, position ``"last"``) is applied only to the suffix
-forwards; the shared prefix is computed unsteered. Since ``"last"`` steering only touches the
-last position of a forward, which always lies in the suffix, this is exact.
+Steering positions (``position=``):
+
+- ``"all"`` (default, the paper's method: the shift is an ``o_proj`` bias, so it is added at
+  every position of every forward, system prompt included). A steered prefix differs per
+  steering row, so it cannot be shared across rows; it is computed once per steering row
+  (rows batched, each with its own vector) and reused for all of that row's items, whose
+  suffixes then run on a per-row cache with the same row's steering. This equals a plain
+  forward of the full prompt with ``u`` added to ``o_proj``'s bias.
+- ``"last"`` (the fast variant): only the last position of each forward is shifted. The
+  shared prefix and every statement's prompt up to its last token are computed unsteered
+  once (and kept in a :class:`KVStore` across calls); only the last token runs per row.
 
 ``generate_answers`` decodes greedily from the prompt ending with the prefill ``"Option"`` (as
 the paper's code did) and parses the text with :func:`parse_answer`.
@@ -166,15 +174,36 @@ def _u_batch(
     return u.to(device=device, dtype=dtype)
 
 
+POSITIONS = ("all", "last")
+"""Steering positions: ``all`` (every position, the paper's o_proj bias) or ``last``."""
+
+
+def check_position(position: str) -> str:
+    """Validate a steering position name (one-line :class:`PalignError` otherwise)."""
+    if position not in POSITIONS:
+        raise PalignError(
+            f"unknown steering position {position!r}; use 'all' (the paper's: every position) "
+            "or 'last' (the fast variant: the last position of each forward)"
+        )
+    return position
+
+
 @contextlib.contextmanager
-def _maybe_steer(model: Any, u: torch.Tensor | None) -> Iterator[None]:
+def _maybe_steer(model: Any, u: torch.Tensor | None, position: str = "last") -> Iterator[None]:
     if u is None:
         yield
         return
     from palign.steering import steer  # lazy: only needed when steering
 
-    with steer(model, u, position="last"):
+    with steer(model, u, position=position):  # type: ignore[arg-type]
         yield
+
+
+def _ids_key(ids: Sequence[int]) -> str:
+    """A digest of token ids (cache keys must identify the tokens, not only their count)."""
+    import hashlib
+
+    return hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes()).hexdigest()
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
@@ -244,8 +273,10 @@ class _ReadContext:
         keep_kw: dict[str, int],
         opt_ids: torch.Tensor,
         steering: torch.Tensor | None,
+        position: str = "last",
     ) -> None:
         self.model, self.device, self.mdtype, self.pad_id = model, device, mdtype, pad_id
+        self.position = position
         self.kv_bytes_per_token = _kv_bytes_per_token(model, mdtype)
         # materialised per-row caches per forward: a long shared prefix (few-shot, persona)
         # copied to every row must not exhaust memory
@@ -307,12 +338,74 @@ class _ReadContext:
             ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
             attn = torch.cat([ones, smask], dim=1)
             pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
-            with _maybe_steer(self.model, self._u([keys[j][1] for j in chunk])):
+            with _maybe_steer(self.model, self._u([keys[j][1] for j in chunk]), self.position):
                 out = self.model(
                     input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs
                 )
             self._store(out.logits[:, -1, :], [keys[j] for j in chunk], uniq, probs, bar)
         return len(keys)
+
+    def per_row(
+        self,
+        prefix: list[int],
+        seqs: dict[str, list[int]],
+        uniq: dict[tuple[str, int | None], list[int]],
+        batch_size: int,
+        probs: np.ndarray,
+        bar: Any,
+    ) -> int:
+        """All-position steering: each steering row's prefix once, then its items' suffixes.
+
+        The shared prefix is computed once per steering row under that row's vector (rows
+        batched, one vector each); every (statement, row) suffix then runs on a cache holding
+        its own row's steered prefix, with the same row's steering on the suffix positions.
+        Rows are processed in groups whose prefix caches fit the memory budget.
+        """
+        plen = len(prefix)
+        rows = list(dict.fromkeys(k[1] for k in uniq))
+        longest = plen + max(len(x) for x in seqs.values())
+        # prefix caches of a group of rows are alive together with one suffix forward
+        group = self.rows_for(max(1, plen), max(1, 64 * batch_size)) if plen else len(rows)
+        for rgroup in _chunks(rows, group):
+            kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+            if plen:
+                parts = []
+                ids = torch.tensor([prefix], device=self.device)
+                for sub in _chunks(rgroup, self.rows_for(plen, batch_size)):
+                    with _maybe_steer(self.model, self._u(sub), "all"):
+                        out = self.model(
+                            input_ids=ids.expand(len(sub), -1), use_cache=True, **self.keep_kw
+                        )
+                    parts.append([(k, v) for k, v in _cache_tensors(_out_cache(out))])
+                kv = [
+                    (torch.cat([p[li][0] for p in parts]), torch.cat([p[li][1] for p in parts]))
+                    for li in range(len(parts[0]))
+                ]
+            where = {r: j for j, r in enumerate(rgroup)}
+            keys = [k for k in uniq if k[1] in where]
+            keys.sort(key=lambda k: -len(seqs[k[0]]))
+            size = self.rows_for(longest, batch_size) if plen else 1
+            for chunk in _chunks(keys, size):
+                ids, smask = _left_pad([seqs[k[0]] for k in chunk], self.pad_id, self.device)
+                b = ids.shape[0]
+                kwargs: dict[str, Any] = dict(self.keep_kw)
+                if plen:
+                    sel = torch.tensor([where[k[1]] for k in chunk], device=self.device)
+                    kwargs[self.cache_kw] = _indexed_cache(self.model, kv, sel)
+                ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
+                attn = torch.cat([ones, smask], dim=1)
+                pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
+                with _maybe_steer(self.model, self._u([k[1] for k in chunk]), "all"):
+                    out = self.model(
+                        input_ids=ids,
+                        attention_mask=attn,
+                        position_ids=pos,
+                        use_cache=True,
+                        **kwargs,
+                    )
+                self._store(out.logits[:, -1, :], chunk, uniq, probs, bar)
+            del kv
+        return len(uniq)
 
     def rows_for(self, length: int, cap: int) -> int:
         """Rows per forward so that the materialised caches stay within the memory budget."""
@@ -329,16 +422,16 @@ class _ReadContext:
         probs: np.ndarray,
         bar: Any,
         store: KVStore,
-        system_prompt: str | None,
+        prefix_ids: Sequence[int],
     ) -> int:
         """Stage 1: each statement's prompt up to its last token, unsteered, once; the
         statement's part of that cache (after the shared prefix) is kept in ``store`` so later
         calls reuse it. Stage 2: the last token for every steering row, many rows per forward,
         on [shared prefix | statement part] caches."""
-        tag = (system_prompt, plen)
-        local = {
-            st: store.get(("body", *tag, st)) for st in suffixes if ("body", *tag, st) in store
-        }
+        # keys identify the tokens: the shared prefix's ids and each statement's body ids
+        tag = (_ids_key(prefix_ids),)
+        bkey = {st: ("body", *tag, _ids_key(suffixes[st][:-1])) for st in suffixes}
+        local = {st: store.get(bkey[st]) for st in suffixes if bkey[st] in store}
         missing = [st for st in suffixes if st not in local]
         missing.sort(key=lambda st: -len(suffixes[st]))
         longest = plen + max(len(x) for x in suffixes.values())
@@ -363,7 +456,7 @@ class _ReadContext:
                 n = len(bodies[r])  # real body tokens sit at the end of the padded body
                 lo, hi = plen + width - n, plen + width
                 local[st] = store.put(
-                    ("body", *tag, st),
+                    bkey[st],
                     [(k[r : r + 1, :, lo:hi], v[r : r + 1, :, lo:hi]) for k, v in kv],
                 )
         # stage 2, grouped by statement so each statement's part is padded once
@@ -407,7 +500,7 @@ class _ReadContext:
             cache2 = _indexed_cache(self.model, layers, None)
             last = torch.tensor([[suffixes[k[0]][-1]] for k in sub], device=self.device)
             pos2 = torch.tensor(pos_list, device=self.device).unsqueeze(1)
-            with _maybe_steer(self.model, self._u([k[1] for k in sub])):
+            with _maybe_steer(self.model, self._u([k[1] for k in sub]), "last"):
                 out2 = self.model(
                     input_ids=last,
                     attention_mask=mask,
@@ -505,6 +598,7 @@ def option_probs(
     steering: torch.Tensor | None = None,
     progress: bool = False,
     kv_store: KVStore | None = None,
+    position: str = "all",
 ) -> Readout:
     """Probabilities of the options A..E for each request (one forward per item).
 
@@ -513,10 +607,12 @@ def option_probs(
         requests: items to read; results come back in this order.
         batch_size: suffixes per forward.
         steering: optional (n_rows, n_layers, hidden) table; ``request.steer`` picks a row
-            (``None`` = zeros). Applied at the last position via ``palign.steering.steer``.
+            (``None`` = zeros). Applied via ``palign.steering.steer`` at ``position``.
         progress: show a tqdm bar.
-        kv_store: a :class:`KVStore` to reuse prompt caches across calls (steered requests
-            only; default: a store for this call).
+        kv_store: a :class:`KVStore` to reuse prompt caches across calls (``"last"``-position
+            steered requests only; default: a store for this call).
+        position: ``"all"`` (default, the paper's: every position of every forward, as an
+            ``o_proj`` bias) or ``"last"`` (the last position of each forward; faster).
 
     Returns:
         A :class:`Readout` with ``probs`` (n, 5), ``answers`` (argmax mapped to 5..1) and
@@ -528,6 +624,7 @@ def option_probs(
     if batch_size < 1:
         raise PalignError(f"batch_size must be >= 1, got {batch_size}")
     steering = _steering_rows(requests, steering)
+    check_position(position)
     model, tok = lm.model, lm.tokenizer
     device, mdtype = _model_device(model), _model_dtype(model)
     opt_ids = torch.tensor(option_token_ids(tok), device=device)
@@ -537,7 +634,9 @@ def option_probs(
 
     probs = np.zeros((len(requests), 5))
     bar = _progress(len(requests), progress, "option probs")
-    ctx = _ReadContext(model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering)
+    ctx = _ReadContext(
+        model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering, position
+    )
     with torch.no_grad():
         for system_prompt, idx in _groups(requests).items():
             # identical (statement, steering row) requests are read once
@@ -551,6 +650,13 @@ def option_probs(
             if window is not None and len(prefix) >= window - 1:
                 prefix = []  # a cropped sliding-window cache cannot be re-expanded: no sharing
             steered = any(key[1] is not None for key in uniq)
+            if steered and position == "all":
+                plen = len(prefix)
+                suffixes = {
+                    st: split.prefix_ids[plen:] + s for st, s in zip(statements, split.suffix_ids)
+                }
+                ctx.per_row(list(prefix), suffixes, uniq, batch_size, probs, bar)
+                continue
             if steered and prefix:
                 # the two-stage path needs every suffix to keep >= 2 tokens (a body + the last)
                 short = min(len(x) for x in split.suffix_ids)
@@ -562,7 +668,7 @@ def option_probs(
             longest = plen + max(len(x) for x in suffixes.values())
             two = bool(steered and plen and (window is None or longest < window - 1))
             store = kv_store if kv_store is not None else KVStore()
-            ptag = ("prefix", system_prompt, plen)
+            ptag = ("prefix", _ids_key(prefix))
             pkv: list[tuple[torch.Tensor, torch.Tensor]] = []
             if plen and two and ptag in store:
                 pkv = store.get(ptag)
@@ -577,9 +683,7 @@ def option_probs(
                 # two stages: each statement's prompt up to its last token once, then only
                 # the last token per steering row ("last"-position steering touches nothing
                 # before it), so persons and alphas share all but one position per item
-                ctx.two_stage(
-                    pkv, plen, suffixes, uniq, batch_size, probs, bar, store, system_prompt
-                )
+                ctx.two_stage(pkv, plen, suffixes, uniq, batch_size, probs, bar, store, prefix)
             else:
                 keys = list(uniq)
                 seqs = [suffixes[k[0]] for k in keys]
@@ -616,11 +720,13 @@ def generate_answers(
     batch_size: int = 8,
     steering: torch.Tensor | None = None,
     progress: bool = False,
+    position: str = "all",
 ) -> Readout:
     """Greedy-decode up to ``max_new_tokens`` after the prefill ``"Option"`` and parse.
 
-    Batches are left-padded. With ``steering``, ``steer(position="last")`` wraps the whole
-    generation, so the prompt's last position and every new token are steered.
+    Batches are left-padded. With ``steering``, ``steer(position=position)`` wraps the whole
+    generation: ``"all"`` (default) shifts every prompt position and every new token (the
+    paper's o_proj bias); ``"last"`` the prompt's last position and every new token.
 
     Returns:
         A :class:`Readout` with the generated ``texts`` (the continuation after ``"Option"``),
@@ -633,6 +739,7 @@ def generate_answers(
     if batch_size < 1:
         raise PalignError(f"batch_size must be >= 1, got {batch_size}")
     steering = _steering_rows(requests, steering)
+    check_position(position)
     model, tok = lm.model, lm.tokenizer
     device, mdtype = _model_device(model), _model_dtype(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -649,7 +756,7 @@ def generate_answers(
             u = None
             if steering is not None:
                 u = _u_batch(steering, [requests[i].steer for i in chunk], device, mdtype)
-            with _maybe_steer(model, u):
+            with _maybe_steer(model, u, position):
                 out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,

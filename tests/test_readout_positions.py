@@ -1,0 +1,162 @@
+"""All-position steering (the paper's o_proj bias) in the readout, and the KVStore keys.
+
+The independent re-statement is a stock model whose ``o_proj`` gets ``u_l`` as its bias (as
+the original code did), run on each full prompt alone with no cache and no hooks.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+
+from palign.models.loading import LoadedModel, option_token_ids
+from palign.models.prompts import build_generate_prompt, build_prompt, encode_prompt
+from palign.models.readout import KVStore, ReadRequest, generate_answers, option_probs
+from palign.steering.arch import resolve_arch
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STATEMENTS = ["You worry about things.", "You make friends easily.", "You love large parties."]
+
+
+def with_bias(model: torch.nn.Module, u: torch.Tensor) -> torch.nn.Module:
+    """A copy of ``model`` with ``u[l]`` added to layer l's o_proj bias (created if absent)."""
+    m = copy.deepcopy(model)
+    arch = resolve_arch(m)
+    for layer, mod in enumerate(arch.modules):
+        if mod.bias is None:
+            mod.bias = torch.nn.Parameter(u[layer].to(mod.weight.dtype).clone())
+        else:
+            mod.bias.data += u[layer].to(mod.bias.dtype)
+    return m
+
+
+def bias_probs(lm: LoadedModel, u: torch.Tensor | None, sys: str | None, st: str) -> np.ndarray:
+    model = lm.model if u is None else with_bias(lm.model, u)
+    tok = lm.tokenizer
+    ids = torch.tensor([encode_prompt(tok, build_prompt(tok, sys, st))])
+    with torch.no_grad():
+        logits = model(input_ids=ids, use_cache=False).logits[0, -1]
+    return torch.softmax(logits[option_token_ids(tok)], -1).numpy()
+
+
+def _lm(tok, kind: str) -> LoadedModel:
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "qwen2":
+            model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common))
+        elif kind == "gemma3_text":  # sliding window shorter than the prompts: no sharing
+            model = tf.Gemma3ForCausalLM(
+                tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=16)
+            )
+        else:
+            model = tf.LlamaForCausalLM(tf.LlamaConfig(**common))
+    return LoadedModel(model.eval(), tok, kind, kind, None, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "gemma3_text"])
+def fam(request, tiny_lm: LoadedModel) -> LoadedModel:
+    if request.param == "llama":
+        return tiny_lm
+    return _lm(tiny_lm.tokenizer, request.param)
+
+
+def test_all_positions_equal_o_proj_bias(fam: LoadedModel) -> None:
+    cfg = fam.model.config
+    n_layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+    torch.manual_seed(2)
+    table = torch.randn(3, n_layers, hidden) * 8
+    reqs = [ReadRequest("sys A", st, r) for r in (0, 1, None, 2) for st in STATEMENTS]
+    reqs += [ReadRequest("sys B", STATEMENTS[0], 1), ReadRequest(None, STATEMENTS[2], 2)]
+    out = option_probs(fam, reqs, batch_size=3, steering=table)  # default: all positions
+    for i, r in enumerate(reqs):
+        u = table[r.steer] if r.steer is not None else None
+        ref = bias_probs(fam, u, r.system_prompt, r.statement)
+        np.testing.assert_allclose(out.probs[i], ref, atol=1e-6, rtol=0)
+    last = option_probs(fam, reqs, batch_size=3, steering=table, position="last")
+    # the two positions are different methods (measured: 3e-5..7e-5 apart on these tiny
+    # random models, whose outputs are nearly uniform; parity above holds to 3e-8)
+    assert np.abs(last.probs - out.probs).max() > 1e-5
+    np.testing.assert_allclose(last.probs[6:9], out.probs[6:9], atol=1e-6)  # unsteered rows
+
+
+def test_all_positions_small_memory_budget_same_result(tiny_lm: LoadedModel) -> None:
+    """Rows processed in groups (prefix caches beyond the budget) give the same numbers."""
+    cfg = tiny_lm.model.config
+    torch.manual_seed(3)
+    table = torch.randn(5, cfg.num_hidden_layers, cfg.hidden_size) * 2
+    reqs = [ReadRequest("sys", st, r) for r in range(5) for st in STATEMENTS]
+    ref = option_probs(tiny_lm, reqs, batch_size=16, steering=table)
+    import palign.models.readout as ro
+
+    orig = ro._ReadContext.rows_for
+    ro._ReadContext.rows_for = lambda self, length, cap: 1  # type: ignore[method-assign]
+    try:
+        small = option_probs(tiny_lm, reqs, batch_size=16, steering=table)
+    finally:
+        ro._ReadContext.rows_for = orig  # type: ignore[method-assign]
+    np.testing.assert_allclose(small.probs, ref.probs, atol=1e-6, rtol=0)
+
+
+def test_generate_all_positions_equals_bias_model(tiny_lm: LoadedModel) -> None:
+    cfg = tiny_lm.model.config
+    torch.manual_seed(4)
+    table = torch.randn(2, cfg.num_hidden_layers, cfg.hidden_size) * 4
+    reqs = [ReadRequest("sys", STATEMENTS[0], 0), ReadRequest("sys", STATEMENTS[1], 1)]
+    out = generate_answers(tiny_lm, reqs, max_new_tokens=4, batch_size=2, steering=table)
+    tok = tiny_lm.tokenizer
+    for i, r in enumerate(reqs):
+        model = with_bias(tiny_lm.model, table[r.steer])
+        ids = torch.tensor([encode_prompt(tok, build_generate_prompt(tok, "sys", r.statement))])
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        assert out.texts[i] == tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_unknown_position_is_one_line_error(tiny_lm: LoadedModel) -> None:
+    from palign.errors import PalignError
+
+    with pytest.raises(PalignError, match="steering position"):
+        option_probs(tiny_lm, [ReadRequest(None, STATEMENTS[0])], position="first")
+
+
+def test_kv_store_keys_identify_tokens(tiny_lm: LoadedModel) -> None:
+    """Two statement sets whose shared prefixes have the same length but other tokens: the
+    second read through the same store must equal fresh reads (the old key, the prefix length
+    and system prompt, reused the first set's prefix)."""
+    cfg = tiny_lm.model.config
+    torch.manual_seed(5)
+    table = torch.randn(2, cfg.num_hidden_layers, cfg.hidden_size) * 2
+    set1 = ["You worry about things.", "You make friends easily."]
+    set2 = ["They worry about things.", "They make friends easily."]
+    tok = tiny_lm.tokenizer
+    from palign.models.prompts import split_prompts
+
+    s1 = split_prompts(tok, [build_prompt(tok, "sys", s) for s in set1]).prefix_ids
+    s2 = split_prompts(tok, [build_prompt(tok, "sys", s) for s in set2]).prefix_ids
+    assert len(s1) == len(s2) and s1 != s2  # the collision the old key could not see
+    store = KVStore()
+    r1 = [ReadRequest("sys", st, r) for r in (0, 1) for st in set1]
+    r2 = [ReadRequest("sys", st, r) for r in (0, 1) for st in set2]
+    option_probs(tiny_lm, r1, steering=table, kv_store=store, position="last")
+    reused = option_probs(tiny_lm, r2, steering=table, kv_store=store, position="last")
+    fresh = option_probs(tiny_lm, r2, steering=table, position="last")
+    np.testing.assert_allclose(reused.probs, fresh.probs, atol=1e-6, rtol=0)
