@@ -18,12 +18,17 @@ itself is appended (:func:`build_prompt` with ``answer_letter``), so the last to
 letter token.
 
 No per-family string handling: everything goes through ``tokenizer.apply_chat_template``.
-Templates that reject a system role (Gemma) get the system prompt merged into the user turn;
-tokenizers without a chat template get a plain ``System: / User: / Assistant:`` layout.
+Only templates that reject a system role (they raise on it, as Gemma 1/2, while the same
+exchange without it renders) or silently drop it (the system text is missing from the render)
+get the system prompt merged into the user turn, with a warning once per template that names
+the reason; any other template failure is an error. Tokenizers without a chat template get a
+plain ``System: / User: / Assistant:`` layout.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -88,34 +93,77 @@ def has_chat_template(tokenizer: Any) -> bool:
 def chat_text(tokenizer: Any, system_prompt: str | None, user_text: str) -> str:
     """Format one system + user exchange up to the start of the assistant turn.
 
-    Uses ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``. When the template
-    rejects the system role, the system prompt is merged into the user turn (separated by a
-    blank line). Without a chat template: ``"System: ...\\n\\nUser: ...\\n\\nAssistant: "``.
+    Uses ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``. The system
+    prompt is merged into the user turn (separated by a blank line) only when the template
+    rejects the system role: rendering with it raises while the same exchange without it
+    renders, or the rendered text does not contain the system prompt (dropped silently).
+    Each such template warns once (:class:`SystemRoleMergeWarning`) with the reason. Any
+    other template failure raises :class:`PalignError`. Without a chat template:
+    ``"System: ...\\n\\nUser: ...\\n\\nAssistant: "``.
     """
     if not has_chat_template(tokenizer):
         head = _PLAIN_SYSTEM.format(system=system_prompt) if system_prompt is not None else ""
         return head + _PLAIN_USER.format(user=user_text)
     user_turn = {"role": "user", "content": user_text}
-    if system_prompt is not None:
-        messages = [{"role": "system", "content": system_prompt}, user_turn]
-        try:
-            return _apply(tokenizer, messages)
-        except PalignError:  # template rejects the system role (e.g. Gemma): merge below
-            merged = {"role": "user", "content": f"{system_prompt}\n\n{user_text}"}
-            return _apply(tokenizer, [merged])
-    return _apply(tokenizer, [user_turn])
+    if system_prompt is None:
+        return _apply(tokenizer, [user_turn])
+    messages = [{"role": "system", "content": system_prompt}, user_turn]
+    text, failure = _try_apply(tokenizer, messages)
+    if text is not None:
+        if not system_prompt.strip() or system_prompt.strip() in text:
+            return text
+        reason = "the chat template renders a system turn without its text (drops it)"
+    else:
+        # probe render: the same exchange without the system turn; if that fails too, the
+        # template is broken for another reason and the error is the user's to see
+        _apply(tokenizer, [user_turn])
+        reason = f"the chat template rejects the system role ({failure})"
+    _warn_merge_once(tokenizer, reason)
+    merged = {"role": "user", "content": f"{system_prompt}\n\n{user_text}"}
+    return _apply(tokenizer, [merged])
 
 
-def _apply(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+class SystemRoleMergeWarning(UserWarning):
+    """The system prompt was merged into the user turn (the template rejects a system role)."""
+
+
+_MERGE_WARNED: set[str] = set()
+
+
+def _warn_merge_once(tokenizer: Any, reason: str) -> None:
+    """Warn once per chat template that system prompts are merged into the user turn."""
+    key = hashlib.sha256(str(tokenizer.chat_template).encode("utf-8")).hexdigest()
+    if key in _MERGE_WARNED:
+        return
+    _MERGE_WARNED.add(key)
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    warnings.warn(
+        f"{reason} for {name}: the system prompt is put at the start of the user turn "
+        "(separated by a blank line) for every prompt of this template",
+        SystemRoleMergeWarning,
+        stacklevel=3,
+    )
+
+
+def _try_apply(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str | None, str]:
+    """``(text, "")`` or ``(None, first line of the template's error)``."""
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as err:
         msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise PalignError(
-            f"the tokenizer's chat template failed ({msg}); fix or remove tokenizer.chat_template"
-        ) from None
+        return None, msg
     if not isinstance(text, str):  # defensive: some versions may return a list for batches
         raise PalignError("the tokenizer's chat template did not return text; check the model")
+    return text, ""
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    text, failure = _try_apply(tokenizer, messages)
+    if text is None:
+        raise PalignError(
+            f"the tokenizer's chat template failed ({failure}); "
+            "fix or remove tokenizer.chat_template"
+        )
     return text
 
 

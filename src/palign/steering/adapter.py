@@ -45,6 +45,7 @@ __all__ = [
     "ALPHA_SELECTIONS",
     "FORMAT_VERSION",
     "PASAdapter",
+    "WeightCheckSkipped",
     "load_adapter",
     "save_adapter",
 ]
@@ -384,13 +385,32 @@ def _check_base(
         warnings.warn(f"{msg} (forced)", stacklevel=3)
 
 
+class WeightCheckSkipped(UserWarning):
+    """The adapter could not be compared with the model's ``o_proj`` weights."""
+
+
 def _check_weights(adapter: PASAdapter, arch: ArchSpec) -> None:
-    """Warn when u_unit does not match this model's W_o (other weights than at fit time)."""
+    """Warn when u_unit does not match this model's W_o (other weights than at fit time).
+
+    Weights that cannot be read as a dense ``W_o`` raise :class:`PalignError` (unsupported
+    quantisation, see :meth:`ArchSpec.w_o`); weights that can be read but not multiplied here
+    (e.g. offloaded to the ``meta`` device) skip the check with a
+    :class:`WeightCheckSkipped` warning naming the reason: the stored vectors are then used
+    unchecked.
+    """
     try:
         ref = unit_layer_vectors(adapter.fit, arch)
     except PalignError:
         raise
-    except Exception:  # pragma: no cover - odd weights (e.g. quantized): skip the check
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        warnings.warn(
+            f"could not compare the adapter's steering vectors with this model's o_proj "
+            f"weights ({type(err).__name__}: {msg}); the stored vectors are used unchecked, "
+            "so an adapter fitted on other weights would go unnoticed",
+            WeightCheckSkipped,
+            stacklevel=3,
+        )
         return
     num = float((ref - adapter.u_unit).norm())
     den = float(adapter.u_unit.norm())
