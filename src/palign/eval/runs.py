@@ -134,9 +134,33 @@ def predict_aligned(
     Persons' items are interleaved into shared batches; steering vectors (if any) are stacked
     into one table so persons with different vectors share each forward pass.
     Returns one prediction record per aligned state: ``answers`` (item -> 1..5, 0 = unparsed),
-    ``expected``, ``probs`` and (generate readout) ``texts``.
+    ``expected``, ``probs`` and (generate readout) ``texts``. Persons with a LoRA adapter
+    (``Aligned.lora``, training baselines) are read one by one with their adapter applied.
     """
+    import dataclasses
+
     import torch
+
+    lora = [k for k, a in enumerate(aligned) if getattr(a, "lora", None)]
+    if lora:
+        from palign.train.lora import active_lora
+
+        recs: list[Any] = [None] * len(aligned)
+        rest = [k for k in range(len(aligned)) if k not in lora]
+        if rest:
+            got = predict_aligned(
+                lm, dataset, [aligned[k] for k in rest], item_ids, readout, batch_size,
+                progress, kv_store,
+            )
+            for k, r in zip(rest, got):
+                recs[k] = r
+        for k in lora:  # no kv_store: cached prefixes belong to the model without the adapter
+            with active_lora(lm, aligned[k].lora):
+                recs[k] = predict_aligned(
+                    lm, dataset, [dataclasses.replace(aligned[k], lora=None)], item_ids,
+                    readout, batch_size, progress,
+                )[0]
+        return recs
 
     from palign.models.readout import ReadRequest, generate_answers, option_probs
 
@@ -151,6 +175,13 @@ def predict_aligned(
             rows.append(a.steering)
         requests += [ReadRequest(a.system_prompt, s, steer) for s in statements]
     table = torch.stack(rows) if rows else None
+    positions = {a.steer_position for a in aligned if a.steering is not None}
+    if len(positions) > 1:
+        raise PalignError(
+            "persons of one readout call must share a steering position; got "
+            + ", ".join(sorted(positions))
+        )
+    position = positions.pop() if positions else "all"
     if readout == "logits":
         out = option_probs(
             lm,
@@ -159,9 +190,12 @@ def predict_aligned(
             steering=table,
             progress=progress,
             kv_store=kv_store,
+            position=position,
         )
     elif readout == "generate":
-        out = generate_answers(lm, requests, batch_size=batch_size, steering=table)
+        out = generate_answers(
+            lm, requests, batch_size=batch_size, steering=table, position=position
+        )
     else:
         raise PalignError(f"unknown readout {readout!r}; use one of: {', '.join(READOUTS)}")
     n = len(item_ids)
@@ -220,19 +254,37 @@ def load_person_results(out: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     return done
 
 
-def run_eval(
+@dataclass
+class RunPlan:
+    """A checked run: the method, data, persons, items and what is still to do.
+
+    Attributes:
+        method: the method instance (not yet set up).
+        dataset: the data set.
+        persons: the run's persons, in order (``cfg.persons`` is set to their ids).
+        item_ids: the test items asked.
+        out: the run folder.
+        done: finished person records already in the folder (resume).
+        todo: persons still to evaluate, in run order.
+    """
+
+    method: Method
+    dataset: Dataset
+    persons: list[Person]
+    item_ids: list[str]
+    out: Path
+    done: dict[str, dict[str, Any]]
+    todo: list[Person]
+
+
+def plan_run(
     cfg: RunConfig,
     out: str | Path,
     *,
-    lm: LoadedModel | None = None,
     dataset: Dataset | None = None,
     method: Method | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run (or resume) an evaluation and write ``results.json``; returns its content."""
-    import torch
-    from tqdm.auto import tqdm
-
+) -> RunPlan:
+    """Check ``cfg`` and the run folder (no model loaded, nothing written) and list the work."""
     from palign.data import check_inventory, check_semantics, load_dataset
     from palign.methods import MethodConfig, get_method
 
@@ -249,9 +301,97 @@ def run_eval(
     _check_config(out, cfg, write=False)  # refuse a foreign folder before any work
     done = load_person_results(out, cfg.persons)
     todo = [p for p in persons if p.id not in done]
+    return RunPlan(method, dataset, persons, item_ids, out, done, todo)
+
+
+def person_chunks(todo: list[Person], person_batch: int) -> list[list[Person]]:
+    """The groups of persons evaluated together (their items share forward passes).
+
+    Per-person numbers can depend on the grouping (padding and batch shapes), so every
+    executor (one process or many workers) must use exactly these groups.
+    """
+    step = max(1, person_batch)
+    return [todo[start : start + step] for start in range(0, len(todo), step)]
+
+
+def eval_chunk(
+    cfg: RunConfig,
+    lm: LoadedModel,
+    dataset: Dataset,
+    method: Method,
+    chunk: list[Person],
+    item_ids: list[str],
+    state: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Align and evaluate one group of persons; one record per person (without timing).
+
+    ``state`` is kept by the caller across the groups of one run (a person-independent
+    method's answers are computed once and stored there).
+    """
+    if method.person_independent:
+        if state.get("shared") is None:
+            a = method.fit(lm, dataset, chunk[0])
+            shared = predict_aligned(lm, dataset, [a], item_ids, cfg.readout, cfg.batch_size)[0]
+            shared["info"] = a.info
+            state["shared"] = shared
+        return [dict(state["shared"]) for _ in chunk]
+    aligned = method.fit_many(lm, dataset, chunk)
+    recs = predict_aligned(
+        lm,
+        dataset,
+        aligned,
+        item_ids,
+        cfg.readout,
+        cfg.batch_size,
+        kv_store=getattr(method, "kv_store", None),
+    )
+    for r, a in zip(recs, aligned):
+        r["info"] = a.info
+        if a.system_prompt is not None and cfg.method != "vanilla":
+            r["system_prompt_chars"] = len(a.system_prompt)
+    return recs
+
+
+def finish_run(
+    cfg: RunConfig,
+    plan: RunPlan,
+    lm: LoadedModel | dict[str, Any] | None,
+    timings: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the finished persons and write ``results.json`` (plus ``extra`` keys); return it."""
+    report = evaluate(
+        plan.dataset.inventory,
+        plan.persons,
+        {pid: r["answers"] for pid, r in plan.done.items()},
+        cfg.semantics,
+        name=cfg.method,
+        item_ids=plan.item_ids,
+    )
+    result = build_results(cfg, plan.method, lm, report, plan.done, plan.persons, timings)
+    result.update(extra or {})
+    write_json_atomic(plan.out / "results.json", result)
+    return result
+
+
+def run_eval(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    lm: LoadedModel | None = None,
+    dataset: Dataset | None = None,
+    method: Method | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) an evaluation and write ``results.json``; returns its content."""
+    import torch
+    from tqdm.auto import tqdm
+
+    plan = plan_run(cfg, out, dataset=dataset, method=method)
+    method, dataset, out, done = plan.method, plan.dataset, plan.out, plan.done
     t_load = 0.0
     t0 = time.perf_counter()
-    if todo:
+    if plan.todo:
         if lm is None:
             from palign.models.loading import load_model
 
@@ -266,41 +406,17 @@ def run_eval(
         method.setup(lm, dataset)
         _check_config(out, cfg)  # the model loaded and the method is ready: claim the folder
         t_setup = time.perf_counter() - t
-        shared: dict[str, Any] | None = None
+        state: dict[str, Any] = {}
         bar = tqdm(
-            total=len(persons),
+            total=len(plan.persons),
             initial=len(done),
             desc=f"{cfg.method}",
             unit="person",
             disable=not progress,
         )
-        step = max(1, cfg.person_batch)
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
+        for chunk in person_chunks(plan.todo, cfg.person_batch):
             t = time.perf_counter()
-            if method.person_independent:
-                if shared is None:
-                    a = method.fit(lm, dataset, chunk[0])
-                    shared = predict_aligned(
-                        lm, dataset, [a], item_ids, cfg.readout, cfg.batch_size
-                    )[0]
-                    shared["info"] = a.info
-                recs = [dict(shared) for _ in chunk]
-            else:
-                aligned = method.fit_many(lm, dataset, chunk)
-                recs = predict_aligned(
-                    lm,
-                    dataset,
-                    aligned,
-                    item_ids,
-                    cfg.readout,
-                    cfg.batch_size,
-                    kv_store=getattr(method, "kv_store", None),
-                )
-                for r, a in zip(recs, aligned):
-                    r["info"] = a.info
-                    if a.system_prompt is not None and cfg.method != "vanilla":
-                        r["system_prompt_chars"] = len(a.system_prompt)
+            recs = eval_chunk(cfg, lm, dataset, method, chunk, plan.item_ids, state)
             dt = (time.perf_counter() - t) / len(chunk)
             for p, r in zip(chunk, recs):
                 r = {"person": p.id, "seconds": round(dt, 3), **r}
@@ -310,42 +426,36 @@ def run_eval(
         bar.close()
     else:
         t_setup = 0.0
-    preds = {pid: r["answers"] for pid, r in done.items()}
-    report = evaluate(
-        dataset.inventory, persons, preds, cfg.semantics, name=cfg.method, item_ids=item_ids
-    )
-    result = build_results(
-        cfg,
-        method,
-        lm,
-        report,
-        done,
-        persons,
-        {"load_s": t_load, "setup_s": t_setup, "run_s": time.perf_counter() - t0},
-    )
-    write_json_atomic(out / "results.json", result)
-    return result
+    timings = {"load_s": t_load, "setup_s": t_setup, "run_s": time.perf_counter() - t0}
+    return finish_run(cfg, plan, lm, timings)
 
 
-def build_results(
-    cfg: RunConfig,
-    method: Method,
-    lm: LoadedModel | None,
-    report: Report,
-    done: dict[str, dict[str, Any]],
-    persons: list[Person],
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    """The content of ``results.json``."""
-    model_rec: dict[str, Any] = {"spec": cfg.model}
+def model_record(cfg: RunConfig, lm: LoadedModel | None) -> dict[str, Any]:
+    """The ``model`` entry of ``results.json``."""
+    rec: dict[str, Any] = {"spec": cfg.model}
     if lm is not None:
-        model_rec.update(
+        rec.update(
             id=lm.model_id,
             revision=lm.revision,
             model_type=getattr(lm.model.config, "model_type", None),
             device=str(lm.device),
             dtype=str(lm.dtype).replace("torch.", ""),
         )
+    return rec
+
+
+def build_results(
+    cfg: RunConfig,
+    method: Method,
+    lm: LoadedModel | dict[str, Any] | None,
+    report: Report,
+    done: dict[str, dict[str, Any]],
+    persons: list[Person],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The content of ``results.json``."""
+    # a dict is a record made where the model was loaded (e.g. a Ray worker)
+    model_rec = lm if isinstance(lm, dict) else model_record(cfg, lm)
     secs = [done[p.id].get("seconds", 0.0) for p in persons if p.id in done]
     rows = []
     for ps in report.persons:
