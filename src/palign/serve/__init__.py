@@ -1,0 +1,31 @@
+"""``palign serve``: an OpenAI-compatible server, one base model, many personalities.
+
+- :mod:`palign.serve.engine`: the batching generation loop with per-row PAS steering;
+- :mod:`palign.serve.registry`: the served personalities (``<base>:<person>``);
+- :mod:`palign.serve.app`: the FastAPI app (:func:`create_app`);
+- :mod:`palign.serve.testing`: :func:`serve_in_thread` (a real server for tests);
+- :mod:`palign.serve.export`: one person baked into a plain Hugging Face model folder.
+
+See ``docs/serving.md``. FastAPI/uvicorn are imported only by ``create_app`` and
+``serve_in_thread`` (the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app", "serve_in_thread"]
+
+
+def create_app(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`palign.serve.app.create_app`."""
+    from palign.serve.app import create_app as _create
+
+    return _create(*args, **kwargs)
+
+
+def serve_in_thread(*args: Any, **kwargs: Any) -> Any:
+    """See :func:`palign.serve.testing.serve_in_thread`."""
+    from palign.serve.testing import serve_in_thread as _serve
+
+    return _serve(*args, **kwargs)

@@ -1,0 +1,386 @@
+"""palign serve: the official openai client against a real uvicorn server on 127.0.0.1.
+
+A tiny random Llama (the shared ``tiny_lm``) with two random PAS adapters; reference outputs
+come from an independent path (transformers' ``generate`` / a plain forward under
+:func:`palign.steering.steer`), not from the server's own engine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+
+from palign.chat import chat_ids
+from palign.models.loading import LoadedModel
+from palign.serve import create_app
+from palign.serve.app import ServeConfig
+from palign.serve.testing import serve_in_thread
+from palign.steering import fit_pas, load_adapter, resolve_arch, save_adapter, steer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PERSONS = {"alice": (1, 1.5), "bob": (2, 2.5)}  # name -> (seed, alpha)
+
+
+def make_adapter(lm: LoadedModel, folder: Path, seed: int, alpha: float) -> Path:
+    """A PAS adapter fitted on random activations (shape-correct for ``lm``)."""
+    arch = resolve_arch(lm.model)
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.randn(60, arch.n_layers, arch.n_heads, arch.head_dim, generator=g)
+    answers = np.random.default_rng(seed).choice([1, 2, 4, 5], size=30).astype(float)
+    res = fit_pas(acts, answers, arch, alpha=alpha, K=4)
+    return save_adapter(
+        folder,
+        res,
+        model_id=lm.model_id,
+        arch=arch,
+        inventory="ipip-neo",
+        semantics="agreement",
+        person=folder.name,
+    )
+
+
+@pytest.fixture(scope="module")
+def adapters_dir(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    for name, (seed, alpha) in PERSONS.items():
+        make_adapter(tiny_lm, root / name, seed, alpha)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_lm: LoadedModel, adapters_dir: Path):  # type: ignore[no-untyped-def]
+    torch.set_num_threads(1)
+    app = create_app(
+        tiny_lm, [adapters_dir], ServeConfig(served_model_name="tiny", max_body_bytes=512_000)
+    )
+    with serve_in_thread(app) as url:
+        yield app.state.palign, url
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=server[1], api_key="none", max_retries=0, timeout=60)
+
+
+def u_of(lm: LoadedModel, adapters_dir: Path, name: str, alpha: float | None = None):  # type: ignore[no-untyped-def]
+    return load_adapter(adapters_dir / name, lm).u_at(alpha)
+
+
+def ref_greedy(lm: LoadedModel, ids: list[int], u, n: int, position: str = "all") -> list[int]:  # type: ignore[no-untyped-def]
+    """Greedy tokens from transformers' own generate under the steering hooks."""
+    x = torch.tensor([ids])
+    with torch.no_grad(), steer(lm.model, u, position=position):
+        out = lm.model.generate(
+            x,
+            attention_mask=torch.ones_like(x),
+            max_new_tokens=n,
+            do_sample=False,
+            pad_token_id=lm.tokenizer.pad_token_id,
+            eos_token_id=None,
+        )
+    return out[0, len(ids) :].tolist()
+
+
+def msgs(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_models_and_naming(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list().data]
+    assert ids == ["tiny", "tiny:alice", "tiny:bob"]
+    card = client.models.retrieve("tiny:bob")
+    assert card.id == "tiny:bob"
+
+
+def test_chat_matches_transformers_generate(
+    client: openai.OpenAI, tiny_lm: LoadedModel, adapters_dir: Path
+) -> None:
+    ids = chat_ids(tiny_lm, msgs("How do you spend a free evening?"))
+    cases = [("tiny", None, "all"), ("tiny:alice", "alice", "all"), ("tiny:bob", "bob", "last")]
+    texts = []
+    for model, person, pos in cases:
+        r = client.chat.completions.create(
+            model=model,
+            messages=msgs("How do you spend a free evening?"),
+            max_tokens=10,
+            temperature=0,
+            extra_body={"steer_position": pos},
+        )
+        u = u_of(tiny_lm, adapters_dir, person) if person else None
+        want = ref_greedy(tiny_lm, ids, u, 10, pos)
+        assert r.choices[0].message.content == tiny_lm.tokenizer.decode(
+            want, skip_special_tokens=True
+        )
+        assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == 10
+        assert r.choices[0].finish_reason == "length"
+        texts.append(r.choices[0].message.content)
+    assert len(set(texts)) == 3  # the personalities really steer
+
+
+def test_mixed_batch_equals_solo(server, tiny_lm: LoadedModel) -> None:  # type: ignore[no-untyped-def]
+    srv, url = server
+    c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+    prompts = ["Hi!", "Tell me about your weekend plans, in detail please.", "What matters?"]
+    reqs = []
+    for i in range(9):
+        model = ["tiny", "tiny:alice", "tiny:bob"][i % 3]
+        extra = {"steer_position": "last"} if i == 4 else {}
+        if i == 7:
+            extra = {"alpha": 0.5}
+        reqs.append((model, prompts[i % 3] if i != 8 else prompts[1], extra))
+
+    def ask(model: str, text: str, extra: dict) -> str:
+        r = c.chat.completions.create(
+            model=model, messages=msgs(text), max_tokens=12, temperature=0, extra_body=extra
+        )
+        return r.choices[0].message.content
+
+    solo = [ask(*r) for r in reqs]
+    eng = srv.engine
+    before = dict(eng.stats)
+    out: dict[int, str] = {}
+    with eng.model_lock:  # hold the engine until every request waits, then let go at once
+        threads = [
+            threading.Thread(target=lambda k=k: out.__setitem__(k, ask(*reqs[k])))
+            for k in range(len(reqs))
+        ]
+        for t in threads:
+            t.start()
+        t0 = time.monotonic()
+        while eng.load["waiting"] < len(reqs) - 1 and time.monotonic() - t0 < 20:
+            time.sleep(0.01)
+    for t in threads:
+        t.join(60)
+    assert [out[k] for k in range(len(reqs))] == solo
+    assert eng.stats["max_rows"] >= len(reqs) - 1  # they did share forward passes
+    assert eng.stats["merges"] > before["merges"]  # and a running batch took new rows
+    assert len(set(solo)) > 3
+
+
+def test_streaming(client: openai.OpenAI) -> None:
+    kw = dict(model="tiny:alice", messages=msgs("Hello there"), max_tokens=15, temperature=0)
+    full = client.chat.completions.create(**kw).choices[0].message.content
+    parts, finish, usage = [], None, None
+    for ch in client.chat.completions.create(
+        **kw, stream=True, stream_options={"include_usage": True}
+    ):
+        if ch.usage is not None:
+            usage = ch.usage
+        for c in ch.choices:
+            parts.append(c.delta.content or "")
+            finish = c.finish_reason or finish
+    assert "".join(parts) == full
+    assert finish == "length" and usage.completion_tokens == 15
+    text = (
+        client.completions.create(
+            model="tiny:bob", prompt="Once upon a time", max_tokens=8, temperature=0
+        )
+        .choices[0]
+        .text
+    )
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny:bob", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
+        )
+        if c.choices
+    )
+    assert streamed == text
+
+
+def _forward_logprobs(lm: LoadedModel, ids: list[int], u) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    with torch.no_grad(), steer(lm.model, u, position="all"):
+        logits = lm.model(input_ids=torch.tensor([ids])).logits[0].float()
+    return torch.log_softmax(logits, -1)
+
+
+def test_logprobs_match_forward(
+    client: openai.OpenAI, tiny_lm: LoadedModel, adapters_dir: Path
+) -> None:
+    r = client.chat.completions.create(
+        model="tiny:alice",
+        messages=msgs("Describe yourself."),
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = r.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == r.choices[0].message.content
+    ids = chat_ids(tiny_lm, msgs("Describe yourself."))
+    u = u_of(tiny_lm, adapters_dir, "alice")
+    gen = ref_greedy(tiny_lm, ids, u, 6)
+    lp = _forward_logprobs(tiny_lm, ids + gen, u)
+    for k, t in enumerate(content):
+        want = lp[len(ids) - 1 + k]
+        assert t.logprob == pytest.approx(float(want[gen[k]]), abs=1e-4)
+        assert len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-6)  # greedy = top-1
+        assert [x.logprob for x in t.top_logprobs] == sorted(
+            (x.logprob for x in t.top_logprobs), reverse=True
+        )
+
+    # prompt scoring as lm-evaluation-harness does it: echo, max_tokens 0, logprobs
+    text = "The cat sat on the mat."
+    r = client.completions.create(
+        model="tiny:alice", prompt=text, max_tokens=0, echo=True, logprobs=1, temperature=0
+    )
+    lps = r.choices[0].logprobs
+    pids = tiny_lm.tokenizer(text).input_ids
+    want = _forward_logprobs(tiny_lm, pids, u)
+    assert lps.token_logprobs[0] is None and len(lps.token_logprobs) == len(pids)
+    for t in range(1, len(pids)):
+        assert lps.token_logprobs[t] == pytest.approx(float(want[t - 1, pids[t]]), abs=1e-4)
+    assert r.choices[0].text == tiny_lm.tokenizer.decode(pids)
+
+
+def test_stop_seed_and_n(client: openai.OpenAI) -> None:
+    kw = dict(model="tiny:bob", messages=msgs("Say something."), temperature=0)
+    full = client.chat.completions.create(**kw, max_tokens=12).choices[0].message.content
+    cut = full[len(full) // 2 : len(full) // 2 + 2]
+    r = client.chat.completions.create(**kw, max_tokens=12, stop=[cut])
+    assert r.choices[0].message.content == full[: full.index(cut)]
+    assert r.choices[0].finish_reason == "stop"
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**kw, max_tokens=12, stop=[cut], stream=True)
+        if c.choices
+    )
+    assert streamed == full[: full.index(cut)]
+    # seeded sampling: reproducible, n choices differ, and independent of the batch
+    s = dict(model="tiny:alice", messages=msgs("Go."), temperature=1.0, top_p=0.9, max_tokens=8)
+    a = client.chat.completions.create(**s, seed=7, n=3)
+    b = client.chat.completions.create(**s, seed=7, n=3)
+    ta = [c.message.content for c in a.choices]
+    assert ta == [c.message.content for c in b.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2] and len(set(ta)) > 1
+
+
+def test_errors_openai_shape(client: openai.OpenAI, server) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="tiny:nobody", messages=msgs("x"))
+    assert e.value.status_code == 404 and e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=msgs("x"), temperature=5)
+    assert e.value.status_code == 400 and e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=msgs("x"), max_tokens=100_000)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=msgs("x"), extra_body={"alpha": 2})
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="tiny:alice", messages=msgs("x"), extra_body={"steer_position": "middle"}
+        )
+    url = server[1]
+    r = httpx.post(
+        f"{url}/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    big = json.dumps({"model": "tiny", "messages": msgs("x" * 600_000)})
+    r = httpx.post(
+        f"{url}/chat/completions", content=big, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+    r = httpx.get(f"{url}/no/such/route")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_overload_503_and_api_key(tiny_lm: LoadedModel, adapters_dir: Path) -> None:
+    cfg = ServeConfig(served_model_name="tiny", api_key="s3cret", max_batch=1, max_queue=0)
+    app = create_app(tiny_lm, [adapters_dir / "alice"], cfg)
+    with serve_in_thread(app) as url:
+        with pytest.raises(openai.AuthenticationError) as e:
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        assert e.value.status_code == 401
+        c = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0, timeout=60)
+        assert [m.id for m in c.models.list().data] == ["tiny", "tiny:alice"]
+        eng = app.state.palign.engine
+        codes: list[int] = []
+
+        def ask() -> None:
+            try:
+                c.chat.completions.create(model="tiny:alice", messages=msgs("x"), max_tokens=3)
+                codes.append(200)
+            except openai.APIStatusError as err:
+                codes.append(err.status_code)
+
+        with eng.model_lock:  # the engine is busy: one slot taken, the queue holds nothing more
+            ts = [threading.Thread(target=ask) for _ in range(3)]
+            for t in ts:
+                t.start()
+                time.sleep(0.3)
+            t0 = time.monotonic()
+            while len(codes) < 1 and time.monotonic() - t0 < 10:
+                time.sleep(0.01)
+        for t in ts:
+            t.join(30)
+        assert sorted(codes) == [200, 200, 503]
+
+
+def test_disconnect_frees_slot(server, client: openai.OpenAI) -> None:  # type: ignore[no-untyped-def]
+    eng = server[0].engine
+    cancelled = eng.stats["cancelled"]
+    stream = client.chat.completions.create(
+        model="tiny:alice",
+        messages=msgs("Talk forever."),
+        max_tokens=3000,
+        temperature=0,
+        stream=True,
+    )
+    got = 0
+    for _ in stream:
+        got += 1
+        if got == 3:
+            break
+    stream.close()
+    t0 = time.monotonic()
+    while eng.load["running"] and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    assert eng.load == {"running": 0, "waiting": 0}
+    assert eng.stats["cancelled"] == cancelled + 1  # dropped, not run to its 3000 tokens
+
+
+def test_personalities_upload_and_delete(
+    client: openai.OpenAI, server, adapters_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    url = server[1]
+    files = {
+        f.name: base64.b64encode(f.read_bytes()).decode()
+        for f in (adapters_dir / "alice").iterdir()
+    }
+    r = httpx.post(f"{url}/personalities", json={"name": "carol", "files": files})
+    assert r.status_code == 201, r.text
+    assert r.json()["id"] == "tiny:carol"
+    assert "tiny:carol" in [m.id for m in client.models.list().data]
+    kw = dict(messages=msgs("Who are you?"), max_tokens=8, temperature=0)
+    same = client.chat.completions.create(model="tiny:carol", **kw).choices[0].message.content
+    assert (
+        same == client.chat.completions.create(model="tiny:alice", **kw).choices[0].message.content
+    )
+    r = httpx.post(f"{url}/personalities", json={"name": "carol", "files": files})
+    assert r.status_code == 409
+    peft = {
+        "adapter_config.json": base64.b64encode(b'{"peft_type": "LORA"}').decode(),
+        "adapter.safetensors": files["adapter.safetensors"],
+    }
+    r = httpx.post(f"{url}/personalities", json={"name": "dave", "files": peft})
+    assert r.status_code == 400 and "PEFT" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/personalities", json={"name": "bad name!", "files": files})
+    assert r.status_code == 400
+    assert httpx.delete(f"{url}/personalities/carol").status_code == 200
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="tiny:carol", **kw)
+    assert httpx.delete(f"{url}/personalities/carol").status_code == 404
