@@ -43,15 +43,29 @@ def chat_ids(lm: LoadedModel, messages: Sequence[Message]) -> list[int]:
     return list(tok("".join(parts) + "Assistant: ").input_ids)
 
 
+def adapter_position(adapter: PASAdapter) -> str:
+    """The steering position an adapter was fitted with (``"last"`` for adapters written
+    before palign recorded it, whose alpha was chosen at the last position)."""
+    from palign.models.readout import check_position
+
+    extra = adapter.config.get("extra") or {}
+    return check_position(str(extra.get("steer_position", "last")))
+
+
 @dataclass
 class AlignedModel:
-    """A base model plus a PAS adapter (steering at the last position of every forward).
+    """A base model plus a PAS adapter.
 
     Attributes:
         lm: the base model.
         adapter: the PAS adapter (None = the plain base model).
         alpha: steering strength override (None = the adapter's fitted alpha).
         system_prompt: system turn of conversations (default: the adapter's recorded one).
+        position: where the shift is added: ``"all"`` (every prompt position and every new
+            token, the paper's o_proj bias) or ``"last"`` (the last position of each forward:
+            the prompt's last token and every new token). ``None`` = the adapter's recorded
+            position (``"last"`` for adapters written before the position was recorded, as
+            their alpha was chosen that way), else ``"all"``.
     """
 
     lm: LoadedModel
@@ -59,6 +73,18 @@ class AlignedModel:
     alpha: float | None = None
     system_prompt: str | None = None
     history: list[Message] = field(default_factory=list)
+    position: str | None = None
+
+    @property
+    def steer_position(self) -> str:
+        """The steering position in effect (see :attr:`position`)."""
+        from palign.models.readout import check_position
+
+        if self.position is not None:
+            return check_position(self.position)
+        if self.adapter is not None:
+            return adapter_position(self.adapter)
+        return "all"
 
     @classmethod
     def from_adapter(
@@ -68,8 +94,10 @@ class AlignedModel:
         device: str = "auto",
         dtype: str = "auto",
         force: bool = False,
+        position: str | None = None,
     ) -> AlignedModel:
-        """Load an adapter and its base model (``model`` overrides the recorded spec)."""
+        """Load an adapter and its base model (``model`` overrides the recorded spec;
+        ``position`` overrides the adapter's recorded steering position)."""
         import json
 
         cfg_path = Path(folder) / "adapter_config.json"
@@ -82,11 +110,17 @@ class AlignedModel:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError:
             raise PalignError(f"{cfg_path} is not valid JSON; re-create the adapter") from None
+        if "peft_type" in cfg:  # a PEFT LoRA adapter of the training baselines (dpo, grpo)
+            from palign.train.lora import LoRAAdapter, load_lora_model
+
+            lm, meta = load_lora_model(folder, model=model, device=device, dtype=dtype)
+            lora = LoRAAdapter(meta, Path(folder))
+            return cls(lm, lora, system_prompt=meta.get("system_prompt"), position=position)  # type: ignore[arg-type]
         extra = cfg.get("extra") or {}
         spec = model or extra.get("model_spec") or cfg.get("base_model", {}).get("id")
         lm = load_model(spec, device=device, dtype=dtype)
         adapter = load_adapter(folder, lm, force=force)
-        return cls(lm, adapter, system_prompt=extra.get("system_prompt"))
+        return cls(lm, adapter, system_prompt=extra.get("system_prompt"), position=position)
 
     def u(self, alpha: float | None = None) -> torch.Tensor | None:
         """Steering vectors at ``alpha`` (default: the override, else the fitted alpha)."""
@@ -161,6 +195,15 @@ class AlignedModel:
         if any(r is not None for r in rows):
             ref = next(r for r in rows if r is not None)
             u = torch.stack([r if r is not None else torch.zeros_like(ref) for r in rows])
+        position = self.steer_position
+        if adapters is not None and self.position is None:
+            found = {adapter_position(a) for a in adapters if a is not None}
+            if len(found) > 1:
+                raise PalignError(
+                    "these adapters were fitted with different steering positions "
+                    f"({', '.join(sorted(found))}); set AlignedModel.position to use one for all"
+                )
+            position = found.pop() if found else position
         streamer = None
         if on_text is not None:
             if len(prompts) != 1:
@@ -177,7 +220,7 @@ class AlignedModel:
             gen_kw.update(do_sample=True, temperature=temperature)
         else:
             gen_kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.inference_mode(), steer(lm.model, u, position="last"):
+        with torch.inference_mode(), steer(lm.model, u, position=position):  # type: ignore[arg-type]
             out = lm.model.generate(ids, attention_mask=mask, streamer=streamer, **gen_kw)
         texts = [tok.decode(o[width:], skip_special_tokens=True).strip() for o in out]
         if remember:

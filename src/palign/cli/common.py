@@ -88,6 +88,13 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
     g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
     g.add_argument(
+        "--steer-position",
+        default=None,
+        choices=("all", "last"),
+        help="where the shift is added: all (default: every position of every forward, the "
+        "paper's o_proj bias) or last (only the last position of each forward; faster)",
+    )
+    g.add_argument(
         "--head-rank",
         default=None,
         choices=("mean", "val"),
@@ -114,7 +121,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
             raise PalignError(
                 f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
             ) from None
-    for name in ("alpha_selection", "alpha", "folds", "head_rank", "o_proj_path"):
+    for name in ("alpha_selection", "alpha", "folds", "head_rank", "o_proj_path", "steer_position"):
         v = getattr(args, name, None)
         if v is not None:
             opts[name] = v

@@ -29,6 +29,7 @@ def cmd_align(args: argparse.Namespace) -> None:
     check_inventory(args.inventory)
     sem = check_semantics(args.semantics)
     opts = pas_options(args)
+    opts.setdefault("steer_position", "all")
     method = get_method(args.method, MethodConfig(sem, args.seed, opts))
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "adapter_config.json").is_file():
@@ -66,6 +67,7 @@ def cmd_align(args: argparse.Namespace) -> None:
         "system_prompt": method.system_prompt(ds, person),
         "alpha_grid": method.grid,
         "folds": method.folds,
+        "steer_position": method.position,
         "shown_items": ds.inventory.shown_ids,
         "seconds": round(seconds, 2),
     }
@@ -94,13 +96,15 @@ def cmd_align(args: argparse.Namespace) -> None:
             format(k, "g"): round(v, 4) for k, v in res.validation_errors.items()
         },
         "heads": [list(h) for h in res.fit.heads],
+        "steer_position": method.position,
         "bytes": size,
         "seconds": round(seconds, 2),
     }
     errs = ", ".join(f"{k}: {v:.3f}" for k, v in payload["validation_errors"].items()) or "-"
     human = (
         f"aligned {lm.model_id} to person {who} with {args.method}: alpha {res.alpha:g} "
-        f"({res.alpha_selection}), {len(res.fit.heads)} heads, {size:,} bytes -> {out}\n"
+        f"({res.alpha_selection}), {len(res.fit.heads)} heads, steering at {method.position} "
+        f"positions, {size:,} bytes -> {out}\n"
         f"held-out shown-item error per alpha: {errs}\n"
         f"top heads (layer, head): {', '.join(f'({a},{b})' for a, b in res.fit.heads[:8])}"
         f"{' ...' if len(res.fit.heads) > 8 else ''}\n"
@@ -113,7 +117,12 @@ def _aligned(args: argparse.Namespace):
     from palign.chat import AlignedModel
 
     am = AlignedModel.from_adapter(
-        args.adapter, model=args.model, device=args.device, dtype=args.dtype, force=args.force
+        args.adapter,
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        force=args.force,
+        position=args.steer_position,
     )
     am.alpha = args.alpha
     if args.system is not None:
@@ -138,6 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     payload = {
         "adapter": args.adapter,
         "alpha": am.alpha if am.alpha is not None else am.adapter.alpha,
+        "steer_position": am.steer_position,
         "prompt": args.prompt,
         "text": text,
     }
@@ -150,7 +160,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     a = am.alpha if am.alpha is not None else am.adapter.alpha
     print(
         f"chatting with {am.lm.model_id} aligned to person {am.adapter.config.get('person')} "
-        f"(alpha {a:g}); /alpha X changes the strength, /reset forgets, /quit ends",
+        f"(alpha {a:g}, steering at {am.steer_position} positions); /alpha X changes the strength, /reset forgets, /quit ends",
         file=sys.stderr,
     )
     while True:
@@ -222,6 +232,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--device", default="auto")
         p.add_argument("--dtype", default="auto")
         p.add_argument("--alpha", type=float, default=None, help="steering strength override")
+        p.add_argument(
+            "--steer-position",
+            default=None,
+            choices=("all", "last"),
+            help="override where the shift is added: all (every prompt position and every new "
+            "token, the paper's) or last (default: the position the adapter was fitted with)",
+        )
         p.add_argument(
             "--system",
             default=None,

@@ -45,15 +45,21 @@ class Aligned:
     Attributes:
         person_id: the person.
         system_prompt: system prompt of every test question (None = no system turn).
-        steering: per-layer vectors ``u`` (n_layers, hidden) added to the attention output at
-            the readout position, or None for prompt-only methods.
+        steering: per-layer vectors ``u`` (n_layers, hidden) added to the attention output
+            (``o_proj``) at ``steer_position``, or None for prompt-only methods.
         info: method details stored in the results (alpha, validation errors, ...).
+        steer_position: where ``steering`` is added: ``"all"`` (every position of every
+            forward, the paper's o_proj bias; default) or ``"last"`` (the last position).
+        lora: folder of the person's PEFT LoRA adapter (training baselines), applied to the
+            model while this person's items are read; None for the other methods.
     """
 
     person_id: str
     system_prompt: str | None
     steering: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    steer_position: str = "all"
+    lora: str | None = None
 
 
 class Method:

@@ -97,7 +97,11 @@ class PAS(Method):
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
     ``o_proj_path`` (module path template for unknown architectures),
-    ``batch_size`` (readout rows per forward during selection, default 32).
+    ``batch_size`` (readout rows per forward during selection, default 32),
+    ``steer_position`` (all | last: the shift at every position of every forward, the
+    paper's o_proj bias and the default, or only at the last position, the fast variant),
+    ``selection_readout`` (logits | generate: the readout that scores alphas on held-out
+    items; the harness sets it to the run's readout).
     """
 
     name = "pas"
@@ -116,6 +120,17 @@ class PAS(Method):
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
+        from palign.models.readout import check_position
+
+        self.position = check_position(str(o.get("steer_position", "all")))
+        # always part of the recorded options (and so of a run's identity): results say which
+        # position produced them, and folders of the other position are never resumed
+        o.setdefault("steer_position", self.position)
+        self.selection_readout = str(o.get("selection_readout", "logits"))
+        if self.selection_readout not in ("logits", "generate"):
+            raise PalignError(
+                f"unknown selection readout {self.selection_readout!r}; use logits or generate"
+            )
         if self.selection not in SELECTIONS:
             raise PalignError(
                 f"unknown alpha selection {self.selection!r}; use one of: {', '.join(SELECTIONS)}"
@@ -162,7 +177,7 @@ class PAS(Method):
         item_ids: list[str],
         hide_held: bool,
     ):
-        from palign.models.readout import ReadRequest, option_probs
+        from palign.models.readout import ReadRequest
 
         inv = dataset.inventory
 
@@ -171,9 +186,7 @@ class PAS(Method):
             sys_prompt = self.system_prompt(dataset, person, set(ids) if hide_held else None)
             statements = [inv.statement(inv.item(i)) for i in ids]
             reqs = [ReadRequest(sys_prompt, s, a) for a in range(u.shape[0]) for s in statements]
-            out = option_probs(
-                lm, reqs, batch_size=self.batch_size, steering=u, kv_store=self.kv_store
-            )
+            out = self._read(lm, reqs, u)
             return out.answers.reshape(u.shape[0], len(ids))
 
         return score
@@ -185,6 +198,20 @@ class PAS(Method):
         inv = dataset.inventory
         answers = self._check_answers(dataset, person)
         seed = self.config.seed
+        if self.selection == "heldout" and self.selection_readout == "generate":
+            # unparsed answers are handled as in the metric: see select_alpha_many
+            ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person])
+            res = fit_pas(
+                self.acts,
+                answers,
+                self.arch,
+                alpha=alpha,
+                seed=seed,
+                K=self.k,
+                head_rank=self.head_rank,
+            )
+            res.alpha_selection, res.validation_errors = "heldout-kfold", errors
+            return res
         if self.selection == "heldout":
             score = self._score_fn(lm, dataset, person, inv.shown_ids, hide_held=True)
             return fit_pas(
@@ -229,10 +256,9 @@ class PAS(Method):
         folds, refits and errors), but fold ``f`` of every person is scored in one readout
         call, so persons share forward passes.
         """
-        from palign.models.readout import ReadRequest, option_probs
+        from palign.models.readout import ReadRequest
         from palign.steering.pas import (
             _answers_tensor,
-            _errors,
             fit_person,
             fold_assignment,
             layer_vectors_grid,
@@ -247,7 +273,9 @@ class PAS(Method):
             answered = torch.nonzero(a > 0).flatten()
             ids = [shown[i] for i in answered.tolist()]
             folds = fold_assignment(answered.numel(), self.folds, self.config.seed, ids)
-            state.append((p, a, answered, folds, torch.zeros(n_a, dtype=torch.float64), [0]))
+            state.append(
+                (p, a, answered, folds, torch.zeros(n_a, dtype=torch.float64), torch.zeros(n_a))
+            )
         for f in range(max(len(s[3]) for s in state)):
             rows: list[torch.Tensor] = []
             reqs: list[ReadRequest] = []
@@ -271,22 +299,40 @@ class PAS(Method):
                     ReadRequest(sys_prompt, st, base + k) for k in range(n_a) for st in statements
                 ]
                 spans.append((total, count, a[held], start, len(statements)))
-            out = option_probs(
-                lm,
-                reqs,
-                batch_size=self.batch_size,
-                steering=torch.stack(rows),
-                kv_store=self.kv_store,
-            )
+            out = self._read(lm, reqs, torch.stack(rows))
             for total, count, truth, start, n in spans:
-                pred = out.answers[start : start + n_a * n].reshape(n_a, n)
-                total += _errors(pred, truth, n_a).sum(dim=1)
-                count[0] += n
+                pred = torch.as_tensor(out.answers[start : start + n_a * n].reshape(n_a, n))
+                # as in the metric: unparsed answers (generate readout) are left out of the
+                # mean; an alpha with no parsed answer is never chosen
+                parsed = (pred >= 1) & (pred <= 5)
+                err = (pred.double() - truth.unsqueeze(0).double()).abs()
+                total += torch.where(parsed, err, torch.zeros_like(err)).sum(dim=1)
+                count += parsed.sum(dim=1)
         result = []
         for *_, total, count in state:
-            errors = {al: float(total[i] / count[0]) for i, al in enumerate(self.grid)}
+            errors = {
+                al: float(total[i] / count[i]) if count[i] > 0 else float("inf")
+                for i, al in enumerate(self.grid)
+            }
             result.append((min(self.grid, key=lambda al: (errors[al], al)), errors))
         return result
+
+    def _read(self, lm: LoadedModel, reqs: list[Any], table: torch.Tensor) -> Any:
+        """Read held-out (or oracle) requests with the selection readout and position."""
+        from palign.models.readout import generate_answers, option_probs
+
+        if self.selection_readout == "generate":
+            return generate_answers(
+                lm, reqs, batch_size=self.batch_size, steering=table, position=self.position
+            )
+        return option_probs(
+            lm,
+            reqs,
+            batch_size=self.batch_size,
+            steering=table,
+            kv_store=self.kv_store,
+            position=self.position,
+        )
 
     def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
         """:meth:`fit` for several persons, their alpha searches sharing forward passes."""
@@ -331,12 +377,22 @@ class PAS(Method):
         info: dict[str, Any] = {
             "alpha": res.alpha,
             "alpha_selection": res.alpha_selection,
-            "validation_errors": {str(k): round(v, 4) for k, v in res.validation_errors.items()},
+            "validation_errors": {
+                str(k): (round(v, 4) if np.isfinite(v) else None)
+                for k, v in res.validation_errors.items()
+            },
             "heads": [list(h) for h in res.fit.heads],
         }
         if res.alpha_selection == "oracle":
             info["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
-        return Aligned(person.id, self.system_prompt(dataset, person), res.u.float(), info)
+        info["steer_position"] = self.position
+        return Aligned(
+            person.id,
+            self.system_prompt(dataset, person),
+            res.u.float(),
+            info,
+            steer_position=self.position,
+        )
 
     def record(self) -> dict[str, Any]:
         """Configuration for results files."""
@@ -349,7 +405,8 @@ class PAS(Method):
             "alpha": self.alpha,
             "folds": self.folds,
             "head_rank": self.head_rank,
-            "selection_readout": "logits",
+            "steer_position": self.position,
+            "selection_readout": self.selection_readout,
             "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,
         }
 
