@@ -29,6 +29,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     opts = pas_options(args)
     if args.persona_model:
         opts["persona_model"] = args.persona_model
+    if args.persona_source:
+        opts["persona_source"] = args.persona_source
     method = get_method(args.method, MethodConfig(sem, args.seed, opts))
     ds = load_dataset(args.data, args.inventory)
     ids, n = _persons(args)
@@ -178,7 +180,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--persona-model",
         default=None,
-        help="personality-prompt: model that writes personas for persons without one",
+        help="personality-prompt: model that writes the personas (implies --persona-source "
+        "model; default: the evaluated model)",
+    )
+    p.add_argument(
+        "--persona-source",
+        default=None,
+        choices=("release", "answers", "model"),
+        help="personality-prompt: release (the PAPI paragraphs, written from the stored "
+        "values: only with --semantics paper; its default), answers (a description of the "
+        "person's trait and facet scores from the shown answers; the default under agreement) "
+        "or model (written by --persona-model from the shown answers under the semantics)",
     )
     p.add_argument(
         "--max-items",
