@@ -115,22 +115,17 @@ def test_align_generate_cli(
         tiny_folder
     )
     assert len(cfg["extra"]["shown_items"]) == 40
-    rc = main(
-        [
-            "generate",
-            "--adapter",
-            str(out),
-            "Hello",
-            "--max-new-tokens",
-            "3",
-            "--alpha",
-            "5",
-            "--format",
-            "json",
-        ]
-    )
-    g = json.loads(capsys.readouterr().out)
-    assert rc == 0 and g["alpha"] == 5 and isinstance(g["text"], str)
+
+    def generate(alpha: str) -> dict:
+        argv = ["generate", "--adapter", str(out), "Hello", "--max-new-tokens", "6"]
+        assert main([*argv, "--alpha", alpha, "--format", "json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    g0, g_strong = generate("0"), generate("400")
+    assert g0["alpha"] == 0 and g_strong["alpha"] == 400
+    # strong steering changes the generated text; the same alpha gives the same text
+    assert g_strong["text"] != g0["text"]
+    assert generate("400")["text"] == g_strong["text"]
     # bad input: one line, exit 2
     for bad_argv, needle in [
         (

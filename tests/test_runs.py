@@ -106,10 +106,20 @@ def test_vanilla_is_person_independent(tmp_path: Path, papi: Dataset, tiny_lm: L
         dataset=ds,
         progress=False,
     )
-    answers = [
-        json.loads((tmp_path / "v" / "persons" / f"{p}.json").read_text())["answers"] for p in ids
-    ]
-    assert answers[0] == answers[1] == answers[2]
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
+    from palign.models.readout import ReadRequest, naive_option_probs
+
+    inv = ds.inventory
+    for pid in ids:
+        rec = json.loads((tmp_path / "v" / "persons" / f"{pid}.json").read_text())
+        # independent: each full prompt alone, batch 1, no cache, the paper's neutral prompt
+        reqs = [
+            ReadRequest(NEUTRAL_SYSTEM_PROMPT, inv.statement(inv.item(i))) for i in inv.test_ids
+        ]
+        probs = naive_option_probs(tiny_lm, reqs)
+        for k, iid in enumerate(inv.test_ids):
+            assert rec["answers"][iid] == 5 - int(probs[k].argmax())
+            assert rec["probs"][iid] == pytest.approx(probs[k].tolist(), abs=1e-5)
     assert res["report"]["unparsed_rate"] == 0
 
 
