@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "palign.cli.data",
     "palign.cli.eval",
     "palign.cli.pas",
+    "palign.cli.serve",
 ]
 
 
