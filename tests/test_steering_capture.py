@@ -114,3 +114,27 @@ def test_cached_activations(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert (tmp_path / "other" / f"{h}.json").is_file()
     with pytest.raises(PalignError):
         cached_activations({"x": object()}, compute)
+
+
+def test_capture_without_position_ids_is_exact_and_says_why(model: torch.nn.Module) -> None:
+    """A forward without ``position_ids`` gets no padded batches (left padding would shift
+    positions): each prompt equals its capture alone, and a warning names the reason."""
+
+    class NoPositions(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def forward(self, input_ids, attention_mask=None, **kw):  # no position_ids
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    wrapped = NoPositions(model)
+    prompts = ["You worry about things. A", "Hi E", "Hi A", "A much longer statement. E"]
+    tok = CharTokenizer()
+    arch = resolve_arch(model)
+    with pytest.warns(UserWarning, match="position_ids"):
+        acts = capture_prompts(wrapped, tok, prompts, batch_size=4, arch=arch)
+    for i, p in enumerate(prompts):
+        alone = capture_prompts(model, tok, [p], batch_size=1)
+        torch.testing.assert_close(acts[i : i + 1], alone, rtol=1e-5, atol=1e-5)

@@ -186,10 +186,29 @@ def capture_prompts(
         pad_id = 0
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     use_pos = _accepts(model, "position_ids")
+    groups = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if not use_pos:
+        # without explicit position ids, a left-padded row would see shifted positions: batch
+        # only prompts of equal length (no padding), which is exact, and say why it is slower
+        import warnings
+
+        groups = []
+        for i in order:
+            if groups and len(groups[-1]) < batch_size and len(ids[groups[-1][0]]) == len(ids[i]):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        if len(groups) > (len(order) + batch_size - 1) // batch_size:
+            warnings.warn(
+                f"{type(model).__name__}.forward takes no position_ids, so left-padded prompts "
+                "would be captured at shifted positions; palign batches only prompts of equal "
+                "length instead (exact, but more forwards)",
+                stacklevel=2,
+            )
 
     def batches() -> Iterator[dict[str, torch.Tensor]]:
-        for start in range(0, len(order), batch_size):
-            rows = [ids[i] for i in order[start : start + batch_size]]
+        for group in groups:
+            rows = [ids[i] for i in group]
             width = max(len(r) for r in rows)
             input_ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
             mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -205,10 +224,10 @@ def capture_prompts(
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, total=(len(order) + batch_size - 1) // batch_size, desc="capture")
+        it = tqdm(it, total=len(groups), desc="capture")
     acts = capture_head_activations(model, it, arch=arch)
     result = torch.empty_like(acts)
-    result[torch.tensor(order, dtype=torch.long)] = acts
+    result[torch.tensor([i for g in groups for i in g], dtype=torch.long)] = acts
     return result
 
 
