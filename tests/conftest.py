@@ -123,3 +123,44 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel) 
     tiny_lm.model.save_pretrained(folder)
     tiny_lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+# --- real tokenizers of three families (weights packages of `palign models` aliases) ---------
+def real_tokenizer(alias: str):
+    """The real tokenizer (and chat template) of a model alias, read once into the cache.
+
+    Skips only when the alias's weights packages are not installed here (nor its verified GGUF
+    in the cache); CI installs the packages (.ci/run: ./dev setup --models ...), so the tests
+    run there. A corrupt package fails (PalignError), it is not skipped.
+    """
+    from palign.models.loading import assembled_path, is_verified, load_tokenizer, parts_status
+    from palign.models.registry import get_entry
+
+    entry = get_entry(alias)
+    gguf = assembled_path(entry)
+    ready = gguf.is_file() and is_verified(gguf, entry.sha256)
+    missing = [s.part.dist for s in parts_status(entry) if s.path is None]
+    if missing and not ready:
+        pytest.skip(
+            f"weights of {alias} not installed ({len(missing)} package(s), e.g. {missing[0]}); "
+            f"./dev setup --models {alias}"
+        )
+    return load_tokenizer(alias)
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (Llama architecture, ChatML template)."""
+    return real_tokenizer("smollm2")
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer():
+    """Qwen2.5-Coder-0.5B-Instruct's tokenizer and chat template (Qwen2 family)."""
+    return real_tokenizer("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def gemma3_tokenizer():
+    """Gemma-3-270M's tokenizer with Gemma 3's chat template (Gemma-3 family)."""
+    return real_tokenizer("gemma3-270m")

