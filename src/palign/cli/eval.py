@@ -6,7 +6,16 @@ import argparse
 import sys
 from typing import Any
 
-from palign.cli.common import add_model_args, add_pas_args, data_args, emit, fmt_arg, pas_options
+from palign.cli.common import (
+    add_model_args,
+    add_pas_args,
+    add_train_args,
+    data_args,
+    emit,
+    fmt_arg,
+    pas_options,
+    train_options,
+)
 from palign.errors import PalignError
 from palign.eval.runs import load_results
 
@@ -26,11 +35,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     sem = check_semantics(args.semantics)
     if args.readout not in READOUTS:
         raise PalignError(f"unknown readout {args.readout!r}; use one of: {', '.join(READOUTS)}")
-    opts = pas_options(args)
+    scaled = args.workers is not None or args.ray_address is not None
+    if scaled:
+        from palign.scale import require_ray
+
+        require_ray()  # before any work: a missing extra is a one-line error
+        if args.workers is not None and args.workers < 1:
+            raise PalignError("--workers must be at least 1")
+    opts = {**pas_options(args), **train_options(args)}
     if args.persona_model:
         opts["persona_model"] = args.persona_model
     if args.persona_source:
         opts["persona_source"] = args.persona_source
+    if args.method.startswith("pas") and args.readout == "generate":
+        opts["selection_readout"] = "generate"  # alpha scored with the run's readout
     method = get_method(args.method, MethodConfig(sem, args.seed, opts))
     ds = load_dataset(args.data, args.inventory)
     ids, n = _persons(args)
@@ -55,7 +73,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
         load_in_4bit=args.load_in_4bit,
     )
     out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
-    res = run_eval(cfg, out, dataset=ds, method=method, progress=not args.quiet)
+    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
+        from pathlib import Path
+
+        method.adapter_root = Path(out) / "adapters"
+        method.progress = not args.quiet
+    if scaled:
+        from palign.scale import run_eval_ray
+
+        res = run_eval_ray(
+            cfg,
+            out,
+            workers=args.workers,
+            address=args.ray_address,
+            dataset=ds,
+            method=method,
+            progress=not args.quiet,
+        )
+    else:
+        res = run_eval(cfg, out, dataset=ds, method=method, progress=not args.quiet)
     rep = res["report"]
     human = (
         f"{args.method} on {args.model}: {rep['n_persons']} persons, {sem} semantics, "
@@ -110,8 +146,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
         )
     lm = load_model(args.model)
     folders = []
+    tag = {"all": "", "last": "-last"}[args.steer_position]
     for method in ("vanilla", "pas"):
-        out = Path(args.out) / f"{person.id}-{method}"
+        out = Path(args.out) / f"{person.id}-{method}{tag if method == 'pas' else ''}"
         cfg = RunConfig(
             method=method,
             model=args.model,
@@ -120,15 +157,19 @@ def cmd_demo(args: argparse.Namespace) -> None:
             persons=[person.id],
             data=args.data,
             max_items=args.max_items,
+            options={"steer_position": args.steer_position} if method == "pas" else {},
         )
         run_eval(cfg, out, lm=lm, dataset=ds, progress=not quiet)
         folders.append(out)
     payload = compare_runs(folders, data=args.data)
     res = load_results(folders[1])
     info = res["persons"][0].get("info", {})
-    payload["pas"] = {k: info.get(k) for k in ("alpha", "alpha_selection", "validation_errors")}
+    payload["pas"] = {
+        k: info.get(k) for k in ("alpha", "alpha_selection", "validation_errors", "steer_position")
+    }
     human = compare_table(payload) + (
-        f"\n\nPAS alpha {info.get('alpha')} chosen by {info.get('alpha_selection')} "
+        f"\n\nPAS ({info.get('steer_position')} positions) alpha {info.get('alpha')} chosen by "
+        f"{info.get('alpha_selection')} "
         f"(held-out shown-item error per alpha: {info.get('validation_errors')}).\n"
         f"Keep the adapter: palign align --person {person.id} --out adapters/{person.id}; then "
         f"palign chat --adapter adapters/{person.id}"
@@ -199,7 +240,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="only this many test items, spread over the traits (smoke runs; default: all)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="evaluate on N Ray workers (one model copy each; one GPU each when the cluster "
+        "has GPUs); results identical to one process; needs pip install 'palign[ray]'",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="run on an existing Ray cluster (e.g. ray://HEAD:10001 or auto); default "
+        "--workers: one per GPU of the cluster",
+    )
     add_pas_args(p)
+    add_train_args(p)
     fmt_arg(p)
     p.set_defaults(func=cmd_eval)
 
@@ -228,6 +284,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         help="only this many test items (quick look; default all 180)",
+    )
+    p.add_argument(
+        "--steer-position",
+        default="all",
+        choices=("all", "last"),
+        help="where the PAS shift is added: all (default: every position, the paper's o_proj "
+        "bias) or last (only the last position of each forward; faster)",
     )
     data_args(p)
     fmt_arg(p)

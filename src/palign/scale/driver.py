@@ -1,0 +1,314 @@
+"""The Ray driver of a scaled-out ``palign eval`` (see :mod:`palign.scale`)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from palign.errors import PalignError
+
+if TYPE_CHECKING:
+    from palign.data.types import Dataset, Person
+    from palign.eval.runs import RunConfig
+    from palign.methods.base import Method
+
+RAY_EXTRA_HINT = "pip install 'palign[ray]'"
+DEFAULT_MAX_RETRIES = 2
+
+
+def require_ray() -> Any:
+    """Import Ray or raise a one-line :class:`PalignError` naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise PalignError(
+            f"--workers/--ray-address need Ray, which is not installed; {RAY_EXTRA_HINT}"
+        ) from None
+    return ray
+
+
+@dataclass
+class _Slot:
+    """One worker position: its current actor and the person groups dealt to it."""
+
+    index: int
+    chunks: list[int]
+    actor: Any = None
+    generation: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def run_eval_ray(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    dataset: Dataset | None = None,
+    method: Method | None = None,
+    progress: bool = True,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    cpus_per_worker: int = 1,
+    ray_init: dict[str, Any] | None = None,
+    worker_cls: type | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) an evaluation on Ray workers; same files as :func:`run_eval`.
+
+    Args:
+        cfg: the run configuration.
+        out: the run folder (resumable exactly as a single-process run).
+        workers: number of actors (default: one per GPU of the cluster, else 2). Fewer are
+            started when the run has fewer person groups (``cfg.person_batch`` persons each).
+        address: an existing cluster (``ray://host:10001``, ``auto``); None = start Ray here,
+            unless it is already initialised in this process.
+        dataset, method: as for :func:`run_eval`.
+        progress: show a progress bar.
+        max_retries: how many times a person group is retried after its worker died.
+        cpus_per_worker: CPUs (and torch threads) per actor when the cluster has no GPU.
+        ray_init: extra ``ray.init`` arguments when this call starts Ray.
+        worker_cls: the actor class (default :class:`~palign.scale.worker.EvalWorker`).
+        on_event: called as ``on_event(kind, info)`` for ``"chunk"`` (a group arrived,
+            ``info`` has ``slot``, ``persons``, ``actors``) and ``"replaced"``.
+
+    Returns:
+        The content of ``results.json`` (with a ``scale`` entry: workers, replacements...).
+    """
+    ray = require_ray()
+    from tqdm.auto import tqdm
+
+    from palign.data.types import Dataset as _Dataset
+    from palign.eval.runs import (
+        _check_config,
+        finish_run,
+        person_chunks,
+        plan_run,
+        run_eval,
+        write_json_atomic,
+    )
+    from palign.scale.shard import interleave
+    from palign.scale.worker import EvalWorker
+
+    if workers is not None and workers < 1:
+        raise PalignError("--workers must be at least 1")
+    if max_retries < 0:
+        raise PalignError("max_retries must be at least 0")
+    plan = plan_run(cfg, out, dataset=dataset, method=method)
+    if not plan.todo:  # nothing left: the single-process path writes results.json, no Ray
+        return run_eval(cfg, out, dataset=plan.dataset, method=plan.method, progress=progress)
+    chunks: list[list[Person]] = person_chunks(plan.todo, cfg.person_batch)
+
+    t0 = time.perf_counter()
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kw.update(ray_init or {})
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PalignError(
+                f"cannot start or reach Ray at {address or 'this machine'} ({first}); "
+                "check --ray-address (e.g. ray://HEAD:10001 or auto)"
+            ) from None
+    t_ray = time.perf_counter() - t0
+    res = ray.cluster_resources()
+    gpus = int(res.get("GPU", 0))
+    use_gpu = gpus >= 1 and cfg.device != "cpu"
+    if use_gpu:
+        capacity = gpus
+        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+        threads = None
+    else:
+        capacity = max(1, int(res.get("CPU", 1)) // max(1, cpus_per_worker))
+        opts = {"num_cpus": cpus_per_worker}
+        threads = cpus_per_worker
+    wanted = workers if workers is not None else (gpus if use_gpu else 2)
+    n = min(wanted, len(chunks), capacity)
+    notes = []
+    if n < wanted:
+        why = (
+            f"{len(chunks)} person group(s) of --person-batch {cfg.person_batch}"
+            if len(chunks) < wanted
+            else f"the cluster has room for {capacity}"
+        )
+        notes.append(f"starting {n} of {wanted} workers: {why}")
+        if progress:
+            print(f"palign: note: {notes[-1]}", file=sys.stderr)
+
+    remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(worker_cls or EvalWorker)
+    base = _Dataset(plan.dataset.inventory, [], plan.dataset.source)
+    base_ref = ray.put(base)
+    method_ref = ray.put(plan.method)
+    slots = [_Slot(i, idx) for i, idx in enumerate(interleave(len(chunks), n))]
+    finished: set[int] = set()
+    attempts = [0] * len(chunks)
+    pending: dict[Any, tuple[int, int, int | None]] = {}  # ref -> (slot, generation, chunk)
+    replaced = 0
+    captures = 0  # activation captures computed by workers (the rest read the cache)
+    entries_ref: Any = None
+    setup_info: dict[str, Any] = {}
+    done = plan.done
+
+    def start(slot: _Slot) -> None:
+        slot.actor = remote_cls.options(**opts).remote(cfg, base_ref, method_ref, threads)
+        slot.generation += 1
+        slot.info = {}
+        load = slot.actor.load.remote()
+        pending[load] = (slot.index, slot.generation, None)
+
+    def submit(slot: _Slot, setup: bool = True) -> None:
+        """Set ``slot``'s actor up and queue its unfinished groups (an actor runs in order)."""
+        if setup:
+            ref = slot.actor.setup.remote(entries_ref)
+            pending[ref] = (slot.index, slot.generation, None)
+        for c in slot.chunks:
+            if c not in finished:
+                pending[slot.actor.run_chunk.remote(chunks[c])] = (slot.index, slot.generation, c)
+
+    def task_error(e: Exception) -> PalignError | Exception:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, PalignError):
+            return PalignError(str(cause))
+        return e
+
+    bar: Any = None
+
+    def accept(slot: _Slot, c: int, value: list[dict[str, Any]]) -> None:
+        """Write a finished group's person files (the only writer) and count it done."""
+        if c in finished:
+            return
+        for rec in value:
+            write_json_atomic(plan.out / "persons" / f"{rec['person']}.json", rec)
+            done[rec["person"]] = rec
+        finished.add(c)
+        bar.update(len(value))
+        if on_event:
+            on_event(
+                "chunk",
+                {
+                    "slot": slot.index,
+                    "persons": [r["person"] for r in value],
+                    "actors": [s.actor for s in slots],
+                    "remaining": {
+                        s.index: [k for k in s.chunks if k not in finished] for s in slots
+                    },
+                },
+            )
+
+    try:
+        for s in slots:
+            start(s)
+        # the first worker sets up alone and exports the shared caches (PAS activations)
+        first = slots[0]
+        while entries_ref is None:
+            ref = first.actor.setup.remote(None, True)
+            try:
+                setup_info = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                replaced += 1
+                if replaced > max_retries:
+                    raise PalignError(
+                        f"the first Ray worker died {replaced} times during setup; see the "
+                        "Ray logs (ray status, /tmp/ray/session_latest/logs)"
+                    ) from None
+                start(first)
+                continue
+            except ray.exceptions.RayTaskError as e:
+                raise task_error(e) from None
+            entries_ref = ray.put(setup_info.pop("entries"))
+            captures += int(setup_info.get("captures", 0))
+        _check_config(plan.out, cfg)  # the model loaded and the method is ready: claim it
+        # the others set up from the shipped cache entries; the first is ready
+        for s in slots:
+            submit(s, setup=s is not first)
+        bar = tqdm(
+            total=len(plan.persons),
+            initial=len(done),
+            desc=f"{cfg.method} x{n} workers",
+            unit="person",
+            disable=not progress,
+        )
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            si, gen, c = pending.pop(ref)
+            slot = slots[si]
+            if gen != slot.generation:
+                continue  # a result of an actor already replaced
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayActorError as e:
+                # the actor died: keep what it had already returned, redo the rest
+                mine = [r for r, v in pending.items() if v[0] == si and v[1] == gen]
+                for r in mine:
+                    k = pending.pop(r)[2]
+                    done_now, _ = ray.wait([r], timeout=0)
+                    if done_now and k is not None:
+                        try:
+                            accept(slot, k, ray.get(r))
+                        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+                            pass
+                lost = [k for k in slot.chunks if k not in finished]
+                for k in lost:
+                    attempts[k] += 1
+                    if attempts[k] > max_retries:
+                        ids = ", ".join(p.id for p in chunks[k])
+                        raise PalignError(
+                            f"persons {ids} were lost with {attempts[k]} workers "
+                            f"({type(e).__name__}); finished persons are kept: rerun the "
+                            "same command to resume"
+                        ) from None
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                replaced += 1
+                start(slot)
+                submit(slot)
+                if on_event:
+                    on_event("replaced", {"slot": si, "groups": lost})
+                continue
+            except ray.exceptions.RayTaskError as e:
+                raise task_error(e) from None
+            if c is None:  # a load or setup result
+                slot.info.update(value if isinstance(value, dict) else {})
+                captures += int(slot.info.pop("captures", 0) or 0)
+                continue
+            accept(slot, c, value)
+    finally:
+        if bar is not None:
+            bar.close()
+        for s in slots:
+            if s.actor is not None:
+                try:
+                    ray.kill(s.actor, no_restart=True)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+        if started:
+            ray.shutdown()
+
+    model = setup_info.get("model") or {"spec": cfg.model}
+    timings = {
+        "load_s": float(slots[0].info.get("load_s", 0.0)),
+        "setup_s": float(setup_info.get("setup_s", 0.0)),
+        "run_s": time.perf_counter() - t0,
+    }
+    scale = {
+        "executor": "ray",
+        "ray": ray.__version__,
+        "address": address or ("local" if started else "existing Ray session"),
+        "workers": n,
+        "workers_requested": wanted,
+        "resources": opts,
+        "person_groups": len(chunks),
+        "replaced_workers": replaced,
+        "activation_captures": captures,
+        "ray_start_s": round(t_ray, 3),
+        "notes": notes,
+    }
+    return finish_run(cfg, plan, model, timings, extra={"scale": scale})

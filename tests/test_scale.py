@@ -1,0 +1,236 @@
+"""Ray scale-out of ``palign eval``: same bytes as one process, a killed worker loses nothing.
+
+One Ray session (2 CPUs, no dashboard) is shared by the module; the workers load the tiny
+random model of conftest from its saved folder.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from palign.cli import main
+from palign.data.types import Dataset
+from palign.eval.runs import RunConfig, load_results, run_eval
+from palign.scale.shard import interleave
+
+PAS_OPTS = {"k": 4, "alpha_grid": [0.0, 2.0], "folds": 2}
+
+
+def person_files(out: Path) -> dict[str, dict]:
+    """Per-person records without their timing (the only field allowed to differ)."""
+    recs = {}
+    for p in sorted((out / "persons").glob("*.json")):
+        rec = json.loads(p.read_text())
+        rec.pop("seconds")
+        recs[p.stem] = rec
+    return recs
+
+
+def same_bytes_but_seconds(a: Path, b: Path) -> None:
+    """Each person file of ``a`` equals ``b``'s byte for byte once ``seconds`` is blanked."""
+    names = sorted(p.name for p in (a / "persons").glob("*.json"))
+    assert names == sorted(p.name for p in (b / "persons").glob("*.json")) and names
+    for name in names:
+        ta, tb = ((d / "persons" / name).read_text() for d in (a, b))
+        ra, rb = json.loads(ta), json.loads(tb)
+        ra["seconds"] = rb["seconds"] = 0
+        assert json.dumps(ra, indent=1, ensure_ascii=False) == json.dumps(
+            rb, indent=1, ensure_ascii=False
+        )
+        # the files differ at most in the one line holding the timing
+        diff = [x for x, y in zip(ta.splitlines(), tb.splitlines()) if x != y]
+        assert all(line.lstrip().startswith('"seconds"') for line in diff), diff
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path, tiny_folder: Path) -> Path:
+    """The tiny model under a new path: a model id of its own, so a cold activation cache."""
+    dst = tmp_path / "tiny-model"
+    shutil.copytree(tiny_folder, dst)
+    return dst
+
+
+def test_interleave_deals_by_count() -> None:
+    assert interleave(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    assert interleave(2, 4) == [[0], [1], [], []]
+    shards = interleave(101, 4)
+    assert sorted(i for s in shards for i in s) == list(range(101))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError):
+        interleave(3, 0)
+
+
+def test_workers_without_ray_is_one_line_error(
+    tmp_path: Path, papi_dir: Path, monkeypatch, capsys
+) -> None:
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    out = tmp_path / "o"
+    argv = ["eval", "--method", "vanilla", "--persons", "1", "--workers", "2"]
+    rc = main([*argv, "--data", str(papi_dir), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "pip install 'palign[ray]'" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_workers_equal_single_process(
+    tmp_path: Path, papi_dir: Path, model_copy: Path, ray_session, capsys
+) -> None:
+    """The acceptance command on the tiny model: pas, 4 persons, 2 workers == one process."""
+    common = [
+        "eval",
+        "--method",
+        "pas",
+        "--persons",
+        "4",
+        "--person-batch",
+        "2",
+        "--model",
+        str(model_copy),
+        "--data",
+        str(papi_dir),
+        "--max-items",
+        "6",
+        "--k",
+        "4",
+        "--alpha-grid",
+        "0,2",
+        "--folds",
+        "2",
+        "--quiet",
+        "--format",
+        "json",
+    ]
+    ray_out, one_out = tmp_path / "ray", tmp_path / "one"
+    assert main([*common, "--out", str(ray_out), "--workers", "2"]) == 0
+    res_ray = json.loads(capsys.readouterr().out)
+    assert main([*common, "--out", str(one_out)]) == 0
+    res_one = json.loads(capsys.readouterr().out)
+
+    scale = res_ray["scale"]
+    assert scale["workers"] == 2 and scale["person_groups"] == 2
+    assert scale["replaced_workers"] == 0
+    assert scale["activation_captures"] == 1  # the second worker read the shipped cache
+    assert "scale" not in res_one
+    same_bytes_but_seconds(ray_out, one_out)
+    assert res_ray["report"] == res_one["report"]
+    assert res_ray["persons"] == res_one["persons"]
+    assert res_ray["config"] == res_one["config"] and res_ray["model"] == res_one["model"]
+    alphas = {r["info"]["alpha"] for r in res_ray["persons"]}
+    assert alphas <= {0.0, 2.0}
+
+    # resume: one group's files lost -> only that group is recomputed, same bytes again
+    ids = res_ray["config"]["persons"]
+    for pid in ids[2:]:
+        (ray_out / "persons" / f"{pid}.json").unlink()
+    before = {pid: (ray_out / "persons" / f"{pid}.json").stat().st_mtime_ns for pid in ids[:2]}
+    assert main([*common, "--out", str(ray_out), "--workers", "2"]) == 0
+    res_again = json.loads(capsys.readouterr().out)
+    assert res_again["scale"]["workers"] == 1  # one group left: one worker, with a note
+    assert res_again["scale"]["notes"] and "person group" in res_again["scale"]["notes"][0]
+    after = {pid: (ray_out / "persons" / f"{pid}.json").stat().st_mtime_ns for pid in ids[:2]}
+    assert before == after
+    same_bytes_but_seconds(ray_out, one_out)
+    assert load_results(ray_out)["report"] == res_one["report"]
+
+
+def test_killed_worker_loses_nothing(
+    tmp_path: Path, papi: Dataset, model_copy: Path, ray_session
+) -> None:
+    """A worker exits hard in its second group: it is replaced, every person is written once."""
+    from palign.scale import run_eval_ray
+    from palign.scale.worker import EvalWorker
+
+    ids = [p.id for p in papi.persons[:8]]
+    victim = ids[7]  # group 3 (persons 6, 7) is the second group of worker slot 1
+    marker = tmp_path / "died"
+
+    class DyingWorker(EvalWorker):
+        def run_chunk(self, persons):
+            if any(p.id == victim for p in persons) and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().run_chunk(persons)
+
+    def cfg() -> RunConfig:
+        return RunConfig(
+            method="few-shot",
+            model=str(model_copy),
+            persons=list(ids),
+            person_batch=2,
+            batch_size=16,
+            max_items=6,
+        )
+
+    events: list[tuple[str, dict]] = []
+    res = run_eval_ray(
+        cfg(),
+        tmp_path / "ray",
+        workers=2,
+        dataset=papi,
+        progress=False,
+        worker_cls=DyingWorker,
+        on_event=lambda kind, info: events.append((kind, info)),
+    )
+    assert marker.exists()  # the worker did die
+    replaced = [info for kind, info in events if kind == "replaced"]
+    assert [r["groups"] for r in replaced] == [[3]]  # its finished group 1 was kept
+    written = collections.Counter(
+        pid for kind, info in events if kind == "chunk" for pid in info["persons"]
+    )
+    assert written == collections.Counter(ids)  # every person exactly once
+    assert res["scale"]["replaced_workers"] == 1 and res["report"]["n_persons"] == 8
+
+    one = run_eval(cfg(), tmp_path / "one", dataset=papi, progress=False)
+    same_bytes_but_seconds(tmp_path / "ray", tmp_path / "one")
+    assert res["report"] == one["report"]
+
+
+def test_worker_error_is_reported_not_retried(
+    tmp_path: Path, papi: Dataset, model_copy: Path, ray_session
+) -> None:
+    """A bad configuration fails in the worker's setup: one PalignError, nothing claimed."""
+    from palign.errors import PalignError
+    from palign.scale import run_eval_ray
+
+    cfg = RunConfig(
+        method="pas",
+        model=str(model_copy),
+        persons=[p.id for p in papi.persons[:2]],
+        person_batch=1,
+        options={"k": 999},
+        max_items=3,
+    )
+    with pytest.raises(PalignError, match="--k 999 exceeds"):
+        run_eval_ray(cfg, tmp_path / "bad", workers=1, dataset=papi, progress=False)
+    assert not (tmp_path / "bad" / "config.json").exists()
