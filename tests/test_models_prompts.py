@@ -1,4 +1,5 @@
-"""Prompt formatting across tokenizer families, prefix splitting, and the answer parser."""
+"""Prompt formatting across tokenizer families (real SmolLM2/ChatML, Qwen2 and Gemma-3 tokenizers;
+no template), prefix splitting, and the answer parser."""
 
 from __future__ import annotations
 
@@ -21,21 +22,6 @@ from palign.models.prompts import (
 )
 from palign.models.readout import parse_answer
 
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}"
-)
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
-)
 SYSTEM = "You are a careful person."
 STATEMENTS = ["You worry about things.", "You make friends easily.", "You love to read."]
 
@@ -57,17 +43,15 @@ def chatml():
 
 
 @pytest.fixture(scope="module")
-def llama3(chatml):
-    tok = copy.deepcopy(chatml)
-    tok.chat_template = LLAMA3_TEMPLATE
-    return tok
+def qwen2(qwen2_tokenizer):
+    """The real Qwen2 tokenizer and chat template (Qwen2.5-Coder-0.5B-Instruct's GGUF)."""
+    return qwen2_tokenizer
 
 
 @pytest.fixture(scope="module")
-def gemma(chatml):
-    tok = copy.deepcopy(chatml)
-    tok.chat_template = GEMMA_TEMPLATE
-    return tok
+def gemma3(gemma3_tokenizer):
+    """The real Gemma-3 tokenizer (Gemma-3-270M's GGUF) with Gemma 3's chat template."""
+    return gemma3_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +81,25 @@ def test_chatml_prompt(chatml):
     assert g.endswith("<|im_start|>assistant\n" + GENERATE_PREFILL)
 
 
-def test_llama3_prompt(llama3):
-    p = build_prompt(llama3, SYSTEM, STATEMENTS[1])
-    assert f"<|start_header_id|>system<|end_header_id|>\n\n{SYSTEM}<|eot_id|>" in p
+def test_qwen2_prompt(qwen2):
+    p = build_prompt(qwen2, SYSTEM, STATEMENTS[1])
+    assert p.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nGiven")
     assert "You make friends easily." in p
-    assert p.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n" + ANSWER_PREFILL)
+    assert p.endswith("<|im_end|>\n<|im_start|>assistant\n" + ANSWER_PREFILL)
+    # no system prompt -> Qwen2's own default system turn
+    p0 = build_prompt(qwen2, None, STATEMENTS[1])
+    assert p0.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
 
 
-def test_gemma_template_without_system_role_merges_system(gemma):
-    p = build_prompt(gemma, SYSTEM, STATEMENTS[0])
-    assert p.count("<start_of_turn>user\n") == 1
-    assert f"<start_of_turn>user\n{SYSTEM}\n\nGiven a statement" in p
-    assert p.endswith("<start_of_turn>model\n" + ANSWER_PREFILL)
+def test_gemma3_template_puts_system_into_first_user_turn(gemma3):
+    # Gemma 3's own template merges the system prompt into the first user turn (no fallback)
+    p = build_prompt(gemma3, SYSTEM, STATEMENTS[0])
+    assert p.startswith(f"<bos><start_of_turn>user\n{SYSTEM}\n\nGiven a statement")
+    assert p.count("<start_of_turn>user\n") == 1 and "system" not in p
+    assert p.endswith("<end_of_turn>\n<start_of_turn>model\n" + ANSWER_PREFILL)
+    assert build_prompt(gemma3, None, STATEMENTS[0]).startswith(
+        "<bos><start_of_turn>user\nGiven a statement"
+    )
 
 
 def test_plain_fallback(plain):
@@ -118,7 +109,7 @@ def test_plain_fallback(plain):
     assert build_prompt(plain, None, STATEMENTS[0]).startswith("User: Given")
 
 
-@pytest.mark.parametrize("family", ["chatml", "llama3", "gemma", "plain"])
+@pytest.mark.parametrize("family", ["chatml", "qwen2", "gemma3", "plain"])
 def test_option_tokens_and_contrastive_prompts(family, request):
     tok = request.getfixturevalue(family)
     ids = option_token_ids(tok)
@@ -131,7 +122,7 @@ def test_option_tokens_and_contrastive_prompts(family, request):
         build_prompt(tok, SYSTEM, STATEMENTS[0], answer_letter="F")
 
 
-@pytest.mark.parametrize("family", ["chatml", "llama3", "gemma", "plain"])
+@pytest.mark.parametrize("family", ["chatml", "qwen2", "gemma3", "plain"])
 def test_shared_prefix_is_exact(family, request):
     tok = request.getfixturevalue(family)
     split = shared_prefix(tok, SYSTEM, STATEMENTS)

@@ -21,7 +21,7 @@ from palign.models.readout import (
     naive_option_probs,
     option_probs,
 )
-from tests.test_models_prompts import GEMMA_TEMPLATE, LLAMA3_TEMPLATE, load_smollm2_tokenizer
+from tests.test_models_prompts import load_smollm2_tokenizer
 
 SYSTEMS = ["You are calm and friendly.", "You are anxious and shy; you avoid parties at all costs."]
 STATEMENTS = [
@@ -132,10 +132,15 @@ def test_batch_size_and_order_do_not_matter(llama):
     np.testing.assert_allclose(d.probs, option_probs(llama, reqs, batch_size=4).probs, atol=0)
 
 
-@pytest.mark.parametrize("template", [LLAMA3_TEMPLATE, GEMMA_TEMPLATE, None])
-def test_other_template_families(tok, template):
-    t = copy.deepcopy(tok)
-    t.chat_template = template
+@pytest.mark.parametrize("family", ["qwen2_tokenizer", "gemma3_tokenizer", "no template"])
+def test_other_template_families(tok, family, request):
+    # the real Qwen2 and Gemma-3 tokenizers and templates (tests/test_real_tokenizers.py runs
+    # them on models of their own architectures), and a tokenizer without a chat template
+    if family == "no template":
+        t = copy.deepcopy(tok)
+        t.chat_template = None
+    else:
+        t = request.getfixturevalue(family)
     lm = _lm(_tiny_llama(len(t)), t)
     reqs = _mixed_requests()[:5]
     np.testing.assert_allclose(
