@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "palign.cli.pas",
     "palign.cli.serve",
     "palign.cli.models",
+    "palign.cli.judge",
 ]
 
 

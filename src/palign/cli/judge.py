@@ -1,0 +1,282 @@
+"""``palign generate-eval``, ``palign judge`` and ``palign judge-agreement``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from palign.cli.common import add_model_args, add_pas_args, data_args, emit, fmt_arg, pas_options
+from palign.errors import PalignError
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _ci(d: dict[str, Any]) -> str:
+    if d.get("mean") is None:
+        return "-"
+    if d.get("lo") is None:
+        return f"{d['mean']:.2f}"
+    return f"{d['mean']:.2f} [{d['lo']:.2f}, {d['hi']:.2f}]"
+
+
+def cmd_generate_eval(args: argparse.Namespace) -> None:
+    """Aligned free-text answers to open questions about the test statements; resumable."""
+    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.judge.generate import GenerateConfig, run_generate
+    from palign.methods import MethodConfig, get_method
+
+    check_inventory(args.inventory)
+    sem = check_semantics(args.semantics)
+    if args.max_new_tokens < 1 or args.batch_size < 1:
+        raise PalignError("--max-new-tokens and --batch-size must be at least 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise PalignError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if args.max_items is not None and args.max_items < 1:
+        raise PalignError("--max-items must be at least 1")
+    opts = pas_options(args)
+    method = get_method(args.method, MethodConfig(sem, args.seed, opts))
+    ds = load_dataset(args.data, args.inventory)
+    ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
+    if args.persons is not None and args.persons < 1:
+        raise PalignError("--persons must be at least 1")
+    persons = ds.select(n=args.persons, ids=ids or None)
+    cfg = GenerateConfig(
+        method=args.method,
+        model=args.model,
+        inventory=args.inventory,
+        semantics=sem,
+        seed=args.seed,
+        persons=[p.id for p in persons],
+        data=args.data,
+        max_items=args.max_items,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
+        load_in_4bit=args.load_in_4bit,
+        options=opts,
+    )
+    res = run_generate(cfg, args.out, dataset=ds, method=method, progress=not args.quiet)
+    t = res["timings"]
+    human = (
+        f"{args.method} on {args.model}: {res['n_persons']} persons x {res['n_items']} items = "
+        f"{res['n_generations']} answers (temperature {cfg.temperature:g}, max "
+        f"{cfg.max_new_tokens} new tokens, seed {cfg.seed}, question {cfg.question_version}) "
+        f"-> {args.out}/generations.jsonl\n"
+        f"{_f(t['seconds_per_person'])} s per person; empty answers "
+        f"{_f(res['empty_rate'], 3)}\n"
+        f"Judge them: palign judge {args.out} --judge-model smollm2   (local), or "
+        f"--judge-model gpt-4o --base-url https://api.openai.com/v1"
+    )
+    emit(args, res, human)
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    from palign.judge.client import CachedJudge, LocalJudge, OpenAIJudge
+
+    if args.base_url:
+        backend: Any = OpenAIJudge(
+            args.judge_model,
+            args.base_url,
+            concurrency=args.concurrency,
+            retries=args.retries,
+            timeout=args.timeout,
+            backoff=args.backoff,
+        )
+    else:
+        from palign.models.loading import load_model
+
+        lm = load_model(args.judge_model, device=args.device, dtype=args.dtype)
+        backend = LocalJudge(lm, batch_size=args.batch_size)
+    if args.no_cache:
+        return backend
+    return CachedJudge(backend)
+
+
+def _score_table(res: dict[str, Any]) -> str:
+    from palign.eval.report import format_table
+
+    headers = ["trait", "items", "unparsed", "errors", "score [95% CI]", "weighted [95% CI]"]
+    rows = []
+    for t, d in [*res["traits"].items(), ("all", res["overall"])]:
+        rows.append(
+            [t, d["n_items"], d["unparsed"], d["errors"], _ci(d["score"]), _ci(d["weighted"])]
+        )
+    return format_table(headers, rows)
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    """Rate generations on the 1-6 rubric (or compare two folders pairwise)."""
+    from palign.judge.run import judge_generations, judge_pairwise
+
+    if args.max_tokens < 1 or args.temperature < 0:
+        raise PalignError("--max-tokens must be at least 1 and --temperature >= 0")
+    judge = _backend(args)
+    kw = {
+        "name": args.name,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "logprobs": not args.no_logprobs,
+        "progress": not args.quiet,
+    }
+    if args.versus:
+        res = judge_pairwise(args.dir, args.versus, judge, **kw)
+        wr = res["win_rate_a"]
+        human = (
+            f"pairwise judge {res['judge']['model']}: {res['a']['method']} ({args.dir}) vs "
+            f"{res['b']['method']} ({args.versus}), both orders\n"
+            f"win rate of {res['a']['method']}: {_ci(wr)} over {res['n_decided']} of "
+            f"{res['n_pairs']} pairs (ties {res['ties']}); unparsed "
+            f"{_f(res['unparsed_rate'], 3)}; first position picked "
+            f"{_f(res['first_position_rate'], 3)}\n"
+            f"requests {res['requests']['total']} (cached {res['requests']['cached']}, errors "
+            f"{res['requests']['errors']}) -> {res['items_file']}"
+        )
+    else:
+        res = judge_generations(args.dir, judge, **kw)
+        req = res["requests"]
+        human = (
+            f"judge {res['judge']['model']} ({res['judge']['kind']}) on {args.dir}: "
+            f"{res['n_items']} items, rubric {res['prompts']['rubric_version']}, temperature "
+            f"{args.temperature:g}\n\n"
+            + _score_table(res)
+            + "\n\nscore = the clean-parsed choice 1-6 (unparsed excluded); weighted = sum k*p_k "
+            "over the six choices at the final choice token (log-probabilities; '-' where none)."
+            f"\nunparsed rate {_f(res['unparsed_rate'], 3)}; requests {req['total']} (cached "
+            f"{req['cached']}, errors {req['errors']}); {_f(res['timings']['judge_s'])} s "
+            f"-> {res['items_file']}"
+        )
+        if req["errors"]:
+            human += f"\n{req['errors']} items failed after the retries; rerun to retry them"
+    emit(args, res, human)
+
+
+def cmd_agreement(args: argparse.Namespace) -> None:
+    """Agreement between two judges' per-item scores on the same generations."""
+    from palign.judge.run import agreement
+
+    res = agreement(args.judge_1, args.judge_2)
+    human = (
+        f"{res['n_both_parsed']} items parsed by both judges (of {res['n_common']} in common)\n"
+        f"Spearman rho {_f(res['spearman'], 3)} (p {_f(res['spearman_p'], 3)}); exact agreement "
+        f"{_f(res['exact_agreement'], 3)}; within one point {_f(res['within_one'], 3)}; mean "
+        f"difference (1 - 2) {_f(res['mean_difference'], 3)}\n"
+        f"weighted scores: {res['n_both_weighted']} items, Spearman "
+        f"{_f(res['spearman_weighted'], 3)}"
+    )
+    emit(args, res, human)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add generate-eval, judge and judge-agreement to the parser."""
+    p = sub.add_parser(
+        "generate-eval",
+        help="aligned free-text answers to open questions about the test statements",
+        description="For each person and test statement the aligned model answers 'Tell me in "
+        "a few sentences how well this describes you: <statement>' (question version q1). "
+        "Steering methods steer every position. Per-person files are written as they finish; "
+        "rerunning the same command resumes. Writes OUT/generations.jsonl and OUT/results.json.",
+    )
+    p.add_argument(
+        "--method",
+        required=True,
+        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot (any registered method)",
+    )
+    add_model_args(p)
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
+    who.add_argument("--person", default=None, help="comma-separated person ids")
+    data_args(p)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--max-items",
+        type=int,
+        default=None,
+        help="only this many test statements, spread over the traits (default: all)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=128, help="tokens per answer (default 128)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        help="sampling temperature (default 0.7; 0 = greedy)",
+    )
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="answers generated together")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_pas_args(p)
+    fmt_arg(p)
+    p.set_defaults(func=cmd_generate_eval)
+
+    p = sub.add_parser(
+        "judge",
+        help="rate generations on the paper's 1-6 rubric with any OpenAI-compatible or local judge",
+        description="Rate each generation of DIR (from 'palign generate-eval') on the 1-6 "
+        "rubric. With --base-url the judge is any OpenAI-compatible endpoint (OpenAI, vLLM, "
+        "llama.cpp server, palign's server); the API key is read from $PALIGN_JUDGE_API_KEY, "
+        "else $OPENAI_API_KEY. Without --base-url, --judge-model is a palign model (alias, hub "
+        "id, folder, .gguf) run in-process. Answers are cached on disk by (judge, prompt), so "
+        "judging again sends no request. Writes DIR/judge/<name>.jsonl and .json.",
+    )
+    p.add_argument("dir", metavar="DIR", help="generation folder")
+    p.add_argument(
+        "--judge-model",
+        required=True,
+        help="model name at the endpoint (with --base-url), else a palign model spec",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or "
+        "http://127.0.0.1:8000/v1 (default: run --judge-model locally)",
+    )
+    p.add_argument(
+        "--versus",
+        metavar="DIR_B",
+        default=None,
+        help="pairwise mode: compare DIR's answers with DIR_B's (same persons and items), both "
+        "orders; reports DIR's win rate",
+    )
+    p.add_argument("--name", default=None, help="output name under DIR/judge/ (default: judge)")
+    p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
+    p.add_argument(
+        "--max-tokens", type=int, default=512, help="judgement length limit (default 512)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
+    p.add_argument(
+        "--no-logprobs",
+        action="store_true",
+        help="do not ask for log-probabilities (endpoints that reject them)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled per retry"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="local judge: prompts per batch")
+    p.add_argument("--device", default="auto", help="local judge: auto, cpu, cuda...")
+    p.add_argument("--dtype", default="auto", help="local judge: auto, float32, bfloat16...")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fmt_arg(p)
+    p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser(
+        "judge-agreement",
+        help="agreement of two judges on the same generations (Spearman, exact agreement)",
+        description="Compare two items files written by 'palign judge' on the same generation "
+        "folder (DIR/judge/<name>.jsonl), e.g. a local judge against a remote one.",
+    )
+    p.add_argument("judge_1", metavar="JUDGE_1.jsonl")
+    p.add_argument("judge_2", metavar="JUDGE_2.jsonl")
+    fmt_arg(p)
+    p.set_defaults(func=cmd_agreement)

@@ -1,0 +1,515 @@
+"""The judge against a real OpenAI-compatible HTTP server on loopback (no mocks of the API).
+
+A minimal FastAPI app (started with uvicorn in a thread) serves ``/v1/chat/completions`` in the
+OpenAI shape; each test scripts what it answers. The judge talks to it through the official
+``openai`` client: retries (429 then 200, 500 then 200), timeouts, malformed JSON,
+unparseable judgements, a wrong key (401), an unreachable port, the disk cache, log-probability
+weighted scores, pairwise mode and judge agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+from fastapi import FastAPI, Request  # noqa: E402  (module level: FastAPI resolves the annotation)
+from fastapi.responses import JSONResponse, Response  # noqa: E402
+
+from palign.cli import main  # noqa: E402
+from palign.data.types import Dataset
+from palign.judge.client import CachedJudge, JudgeRequest, OpenAIJudge
+from palign.judge.generate import GenerateConfig, read_jsonl, run_generate
+from palign.judge.parse import parse_choice, parse_score, weighted_score
+from palign.judge.prompts import rubric_prompt
+from palign.judge.run import agreement, judge_generations, judge_pairwise
+from palign.models.loading import LoadedModel
+from tests.test_runs import small
+
+KEY = "sk-test-123"
+
+# --- the loopback server --------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """What the server sends back: a status, a JSON body or raw bytes, headers, a delay."""
+
+    status: int = 200
+    body: Any = None
+    raw: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass
+class ServerState:
+    handler: Callable[[dict[str, Any]], Reply] | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def completion(text: str, model: str, dist: dict[str, float] | None = None) -> dict[str, Any]:
+    """An OpenAI chat.completion body; with ``dist``, logprobs whose choice tokens carry it."""
+    logprobs = None
+    if dist is not None:
+        content = []
+        for tok in re.findall(r"\s*\S+", text):
+            if tok.strip() in dist:
+                # the sampled token itself is among the alternatives, as real endpoints return
+                top = [
+                    {"token": tok if k == tok.strip() else k, "logprob": math.log(p), "bytes": None}
+                    for k, p in dist.items()
+                ]
+                top.append({"token": "the", "logprob": math.log(1e-4), "bytes": None})
+                lp = math.log(dist[tok.strip()])
+            else:
+                top, lp = [{"token": tok, "logprob": 0.0, "bytes": None}], 0.0
+            content.append({"token": tok, "logprob": lp, "bytes": None, "top_logprobs": top})
+        logprobs = {"content": content}
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+                "logprobs": logprobs,
+            }
+        ],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+def make_app(state: ServerState) -> Any:
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        with state.lock:
+            state.requests.append(body)
+        if request.headers.get("authorization") != f"Bearer {KEY}":
+            err = {
+                "message": "Incorrect API key provided",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+            return JSONResponse({"error": err}, status_code=401)
+        assert state.handler is not None
+        r = state.handler(body)
+        if r.delay:
+            await asyncio.sleep(r.delay)
+        if r.raw is not None:
+            return Response(r.raw, status_code=r.status, media_type="application/json")
+        return JSONResponse(r.body, status_code=r.status, headers=r.headers)
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, ServerState]]:
+    import uvicorn
+
+    state = ServerState()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = uvicorn.Config(make_app(state), host="127.0.0.1", port=port, log_level="error")
+    srv = uvicorn.Server(cfg)
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.time()
+    while not srv.started:
+        if time.time() - t0 > 20:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1", state
+    srv.should_exit = True
+    th.join(timeout=5)
+
+
+@pytest.fixture
+def srv(server: tuple[str, ServerState], monkeypatch, tmp_path: Path) -> tuple[str, ServerState]:
+    """The server with a fresh script and request log; the right key; a fresh cache."""
+    url, state = server
+    state.requests.clear()
+    state.handler = None
+    monkeypatch.setenv("PALIGN_JUDGE_API_KEY", KEY)
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
+    return url, state
+
+
+# --- a scripted judge ---------------------------------------------------------------------
+
+
+def _field(prompt: str, name: str) -> str:
+    m = re.search(rf"\[{re.escape(name)}\]: (.*?)\n\*\*\*", prompt, re.S)
+    assert m, name
+    return m.group(1).strip()
+
+
+def scripted_score(statement: str, response: str, model: str) -> int:
+    """The scripted judge's choice: a fixed function of what it is shown."""
+    h = sum(map(ord, statement + response + model))
+    return h % 6 + 1
+
+
+SCORE_DIST = {"1": 0.05, "2": 0.05, "3": 0.1, "4": 0.2, "5": 0.25}  # + the rest on the choice
+
+
+def score_dist(s: int) -> dict[str, float]:
+    d = {k: v for k, v in SCORE_DIST.items()}
+    d[str(s)] = d.get(str(s), 0.0) + 0.35
+    total = sum(d.values())
+    return {k: v / total for k, v in d.items()}
+
+
+def rubric_handler(unparsed_item: str | None = None) -> Callable[[dict[str, Any]], Reply]:
+    def handle(body: dict[str, Any]) -> Reply:
+        prompt = body["messages"][0]["content"]
+        st = _field(prompt, "Statement")
+        resp = _field(prompt, "Generated Response")
+        s = scripted_score(st, resp, body["model"])
+        if unparsed_item and unparsed_item in st:
+            return Reply(body=completion(f"I would say about {s} out of 6.", body["model"]))
+        text = f"The response says little.\nSo the choice is:\n{s}\n{s}"
+        dist = score_dist(s) if body.get("logprobs") else None
+        return Reply(body=completion(text, body["model"], dist))
+
+    return handle
+
+
+# --- generations (tiny random model) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gen_folders(
+    tmp_path_factory: pytest.TempPathFactory, papi: Dataset, tiny_lm: LoadedModel
+) -> dict[str, Path]:
+    ds = small(papi, 5)
+    out = {}
+    for method in ("vanilla", "few-shot"):
+        folder = tmp_path_factory.mktemp(f"gen-{method}")
+        cfg = GenerateConfig(
+            method,
+            model="tiny",
+            persons=[p.id for p in ds.persons[:2]],
+            max_new_tokens=6,
+            temperature=0.0,
+            batch_size=8,
+        )
+        run_generate(cfg, folder, lm=tiny_lm, dataset=ds, progress=False)
+        out[method] = folder
+    return out
+
+
+def _judge(url: str, cache: Path | None = None, **kw: Any) -> CachedJudge:
+    kw = {"retries": 2, "timeout": 5.0, "backoff": 0.01, "concurrency": 4, **kw}
+    j = CachedJudge(OpenAIJudge("judge-a", url, **kw))
+    if cache is not None:
+        j.folder = cache
+    return j
+
+
+def _copy(folder: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(folder, dst)
+    return dst
+
+
+# --- tests ----------------------------------------------------------------------------------
+
+
+def test_parse_rules() -> None:
+    assert parse_score("reasoning...\n4\n4") == 4
+    assert parse_score("**5**\n\n  5  \n") == 5
+    assert parse_score("4") is None  # not repeated
+    assert parse_score("3\n4") is None  # disagree
+    assert parse_score("Step 1\n2\nmore\n4\n4") is None  # conflicting bare choices
+    assert parse_score("Score: 4\n4") is None  # the earlier one is not on its own line
+    assert parse_score("4.\n4.") is None and parse_score("7\n7") is None
+    assert parse_score("") is None and parse_score(None) is None
+    assert parse_choice("...\nB\nB", "AB") == "B" and parse_choice("A\nB", "AB") is None
+    cands = [
+        {"token": "\n4", "top": {"4": math.log(0.5), " 4": math.log(0.25), "6": math.log(0.25)}}
+    ]
+    assert weighted_score(cands) == pytest.approx(4 * 0.75 + 6 * 0.25)
+    assert weighted_score(None) is None
+
+
+def test_scores_intervals_logprobs_and_cache(
+    srv: tuple[str, ServerState], gen_folders: dict[str, Path], tmp_path: Path
+) -> None:
+    url, state = srv
+    folder = _copy(gen_folders["few-shot"], tmp_path / "g")
+    rows = read_jsonl(folder / "generations.jsonl")
+    unparsed_item = rows[0]["statement"]
+    state.handler = rubric_handler(unparsed_item)
+    judge = _judge(url)
+    res = judge_generations(folder, judge, progress=False)
+    uniq = {rubric_prompt(r["statement"], r["answer_label"], r["text"]) for r in rows}
+    assert res["n_items"] == len(rows) == 10 and len(state.requests) == len(uniq)  # sent once
+    sent = state.requests[0]
+    assert sent["model"] == "judge-a" and sent["logprobs"] is True and sent["top_logprobs"] == 20
+    assert sent["temperature"] == 0 and sent["max_tokens"] == 512
+    shown = {
+        (
+            _field(q["messages"][0]["content"], "Statement"),
+            _field(q["messages"][0]["content"], "Target Value"),
+        )
+        for q in state.requests
+    }
+    assert shown == {(r["statement"], r["answer_label"]) for r in rows}
+    # independent re-statement of the per-trait means, intervals and weighted scores
+    from scipy import stats
+
+    want: dict[str, list[int]] = {}
+    wantw: dict[str, list[float]] = {}
+    n_unparsed = 0
+    for r in rows:
+        if r["statement"] == unparsed_item:
+            n_unparsed += 1
+            continue
+        s = scripted_score(r["statement"], r["text"].strip(), "judge-a")
+        want.setdefault(r["trait"], []).append(s)
+        wantw.setdefault(r["trait"], []).append(sum(int(k) * p for k, p in score_dist(s).items()))
+    for t, d in res["traits"].items():
+        x = np.array(want.get(t, []), float)
+        if len(x) == 0:
+            assert d["score"]["mean"] is None
+            continue
+        assert d["score"]["mean"] == pytest.approx(x.mean(), abs=1e-4)
+        assert d["weighted"]["mean"] == pytest.approx(np.mean(wantw[t]), abs=1e-4)
+        if len(x) > 1 and x.std() > 0:
+            lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+            if np.isfinite(lo):
+                assert (d["score"]["lo"], d["score"]["hi"]) == pytest.approx((lo, hi), abs=1e-3)
+    assert res["overall"]["unparsed"] == n_unparsed >= 1
+    assert res["unparsed_rate"] == pytest.approx(n_unparsed / len(rows), abs=1e-4)
+    items = read_jsonl(folder / "judge" / "judge-a.jsonl")
+    assert [i["score"] is None for i in items] == [r["statement"] == unparsed_item for r in rows]
+    assert json.loads((folder / "judge" / "judge-a.json").read_text())["judge"]["api_key_env"] == (
+        "PALIGN_JUDGE_API_KEY"
+    )
+    # cache: a second run sends no request and gives the same numbers
+    n = len(state.requests)
+    res2 = judge_generations(folder, _judge(url), progress=False)
+    assert len(state.requests) == n and res2["requests"]["cached"] == len(rows)
+    assert res2["traits"] == res["traits"]
+    # another judge model is another cache identity
+    res3 = judge_generations(
+        folder, CachedJudge(OpenAIJudge("judge-b", url, backoff=0.01)), progress=False
+    )
+    assert len(state.requests) == n + len(uniq) and res3["requests"]["cached"] == 0
+
+
+def test_retries_on_429_and_500(srv: tuple[str, ServerState], gen_folders, tmp_path: Path) -> None:
+    url, state = srv
+    folder = _copy(gen_folders["vanilla"], tmp_path / "g")
+    base = rubric_handler()
+    seen: dict[str, int] = {}
+
+    def flaky(body: dict[str, Any]) -> Reply:
+        p = body["messages"][0]["content"]
+        seen[p] = seen.get(p, 0) + 1
+        if seen[p] == 1:
+            return Reply(
+                429,
+                {"error": {"message": "Rate limit reached", "type": "requests"}},
+                headers={"retry-after-ms": "5"},
+            )
+        if seen[p] == 2:
+            return Reply(500, {"error": {"message": "boom", "type": "server_error"}})
+        return base(body)
+
+    state.handler = flaky
+    judge = _judge(url, retries=2)
+    res = judge_generations(folder, judge, progress=False)
+    n = res["n_items"]
+    u = len(seen)  # identical prompts (vanilla answers are person-independent) are sent once
+    assert 0 < u <= n and res["requests"]["errors"] == 0 and len(state.requests) == 3 * u
+    assert judge.backend.retried == 2 * u and res["unparsed_rate"] == 0
+    # with fewer retries than failures the items fail, are recorded as errors and not cached
+    state.requests.clear()
+    seen.clear()
+    c2 = tmp_path / "cache2"
+    res = judge_generations(folder, _judge(url, c2, retries=1), name="r1", progress=False)
+    assert res["requests"]["errors"] == n and res["overall"]["errors"] == n
+    assert all(
+        "HTTP 500 after 2 attempts" in i["error"] for i in read_jsonl(folder / "judge" / "r1.jsonl")
+    )
+    res = judge_generations(folder, _judge(url, c2, retries=1), name="r1", progress=False)
+    assert res["requests"]["errors"] == 0 and res["requests"]["cached"] == 0
+
+
+def test_timeout_and_bad_json(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, capsys
+) -> None:
+    url, state = srv
+    folder = _copy(gen_folders["vanilla"], tmp_path / "g")
+    state.handler = lambda body: Reply(body=completion("x\n3\n3", body["model"]), delay=2.0)
+    t = time.perf_counter()
+    res = judge_generations(
+        folder, _judge(url, timeout=0.3, retries=1, concurrency=10), progress=False
+    )
+    assert time.perf_counter() - t < 1.9  # gave up before the server answered
+    assert res["requests"]["errors"] == res["n_items"]
+    items = read_jsonl(folder / "judge" / "judge-a.jsonl")
+    assert all(i["error"] == "timed out after 0.3 s after 2 attempts" for i in items)
+    state.handler = lambda body: Reply(raw=b'{"id": "x", "choices": [')
+    argv = [
+        "judge",
+        str(folder),
+        "--judge-model",
+        "judge-a",
+        "--base-url",
+        url,
+        "--retries",
+        "1",
+        "--backoff",
+        "0.01",
+        "--quiet",
+        "--format",
+        "json",
+    ]
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["requests"]["errors"] == d["n_items"]
+    assert all(
+        "malformed response" in i["error"] for i in read_jsonl(folder / "judge" / "judge-a.jsonl")
+    )
+    # nothing of that was cached: a healthy server now answers every item
+    state.handler = rubric_handler()
+    assert main(argv) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["requests"]["errors"] == 0 and d["requests"]["cached"] == 0
+    assert d["unparsed_rate"] == 0
+
+
+def test_wrong_key_and_unreachable_url(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    url, state = srv
+    state.handler = rubric_handler()
+    folder = _copy(gen_folders["vanilla"], tmp_path / "g")
+    monkeypatch.setenv("PALIGN_JUDGE_API_KEY", "sk-wrong")
+    rc = main(["judge", str(folder), "--judge-model", "judge-a", "--base-url", url, "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "refused the API key (HTTP 401)" in err, err
+    assert "PALIGN_JUDGE_API_KEY" in err and "sk-wrong" not in err
+    assert not (folder / "judge").exists()
+    # OPENAI_API_KEY is the fallback
+    monkeypatch.delenv("PALIGN_JUDGE_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert (
+        main(["judge", str(folder), "--judge-model", "judge-a", "--base-url", url, "--quiet"]) == 0
+    )
+    capsys.readouterr()
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc = main(
+        [
+            "judge",
+            str(folder),
+            "--judge-model",
+            "judge-a",
+            "--no-cache",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--retries",
+            "1",
+            "--backoff",
+            "0.01",
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "cannot reach the judge endpoint" in err, err
+    rc = main(["judge", str(tmp_path / "none"), "--judge-model", "x", "--base-url", url])
+    assert rc == 2 and "holds no generations" in capsys.readouterr().err
+
+
+def test_pairwise_both_orders(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, papi: Dataset
+) -> None:
+    url, state = srv
+    a = _copy(gen_folders["few-shot"], tmp_path / "a")
+    b = gen_folders["vanilla"]
+
+    def longer(body: dict[str, Any]) -> Reply:  # picks the longer response; ties -> A
+        p = body["messages"][0]["content"]
+        ra, rb = _field(p, "Response A"), _field(p, "Response B")
+        c = "A" if len(ra) >= len(rb) else "B"
+        return Reply(body=completion(f"Thinking.\n{c}\n{c}", body["model"]))
+
+    state.handler = longer
+    res = judge_pairwise(a, b, _judge(url), progress=False, dataset=papi)
+    ra = {(r["person"], r["item"]): r["text"] for r in read_jsonl(a / "generations.jsonl")}
+    rb = {(r["person"], r["item"]): r["text"] for r in read_jsonl(b / "generations.jsonl")}
+    want = []
+    for k in ra:
+        la, lb = len(ra[k].strip()), len(rb[k].strip())
+        want.append(1.0 if la > lb else 0.0 if la < lb else 0.5)  # equal: each order picks A
+    assert len(state.requests) == 2 * len(ra) and res["n_pairs"] == len(ra)
+    assert res["win_rate_a"]["mean"] == pytest.approx(np.mean(want), abs=1e-4)
+    assert res["ties"] == sum(w == 0.5 for w in want)
+    prompt = state.requests[0]["messages"][0]["content"]
+    assert "[Person's profile]" in prompt and "Neuroticism:" in prompt
+    # a judge that always picks the first position: every pair a tie, win rate 0.5
+    state.handler = lambda body: Reply(body=completion("A\nA", body["model"]))
+    res = judge_pairwise(
+        a, b, _judge(url, tmp_path / "c-first"), name="first", progress=False, dataset=papi
+    )
+    assert res["win_rate_a"]["mean"] == 0.5 and res["first_position_rate"] == 1.0
+
+
+def test_agreement_between_two_judges(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, capsys
+) -> None:
+    from scipy import stats
+
+    url, state = srv
+    folder = _copy(gen_folders["few-shot"], tmp_path / "g")
+    state.handler = rubric_handler()
+    judge_generations(folder, CachedJudge(OpenAIJudge("judge-a", url)), progress=False)
+    judge_generations(folder, CachedJudge(OpenAIJudge("judge-b", url)), progress=False)
+    f1, f2 = folder / "judge" / "judge-a.jsonl", folder / "judge" / "judge-b.jsonl"
+    assert main(["judge-agreement", str(f1), str(f2), "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    rows = read_jsonl(folder / "generations.jsonl")
+    x = [scripted_score(r["statement"], r["text"].strip(), "judge-a") for r in rows]
+    y = [scripted_score(r["statement"], r["text"].strip(), "judge-b") for r in rows]
+    assert d["n_both_parsed"] == len(rows)
+    assert d["exact_agreement"] == pytest.approx(np.mean(np.equal(x, y)), abs=1e-4)
+    assert d["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-4)
+    assert agreement(f1, f1)["exact_agreement"] == 1.0
+    assert main(["judge-agreement", str(folder), str(f2)]) == 2
+
+
+def test_request_object_is_the_cache_key(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path))
+    j = CachedJudge(OpenAIJudge("m", "http://127.0.0.1:9/v1"))
+    r = JudgeRequest("p")
+    assert j.key(r) == j.key(JudgeRequest("p"))
+    assert j.key(r) != j.key(JudgeRequest("p", temperature=0.5))
+    assert j.key(r) != CachedJudge(OpenAIJudge("m2", "http://127.0.0.1:9/v1")).key(r)

@@ -1,0 +1,91 @@
+"""The in-process judge: judgements and choice log-probabilities of a local model.
+
+A tiny random Llama whose output layer can only produce the digits 1-6 and a newline writes
+judgements that parse; the log-probabilities the judge keeps at the final choice token are
+checked against one plain forward pass over prompt + judgement (an independent computation,
+without the KV cache of ``generate``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from palign.chat import chat_ids
+from palign.judge.client import CachedJudge, JudgeRequest, LocalJudge
+from palign.judge.parse import choice_distribution, parse_score, weighted_score
+from palign.models.loading import LoadedModel
+
+
+@pytest.fixture(scope="module")
+def digit_lm(tiny_lm: LoadedModel) -> LoadedModel:
+    """tiny_lm whose lm_head only scores the tokens "1".."6" and "\\n" (all else -1e4 bias)."""
+    tok = tiny_lm.tokenizer
+    model = copy.deepcopy(tiny_lm.model)
+    head = model.lm_head
+    allowed = [tok.convert_tokens_to_ids(c) for c in "123456"]
+    allowed.append(tok("\n", add_special_tokens=False).input_ids[0])
+    bias = torch.full((head.out_features,), -1e4)
+    bias[allowed] = 0.0
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        head.weight.mul_(0)
+        head.weight[allowed] = torch.randn(len(allowed), head.in_features, generator=g) * 2
+    head.bias = torch.nn.Parameter(bias)
+    return LoadedModel(
+        model, tok, "digits", "tiny-digits", None, torch.device("cpu"), torch.float32
+    )
+
+
+def test_local_judge_logprobs_match_a_plain_forward(digit_lm: LoadedModel, one_thread) -> None:
+    judge = LocalJudge(digit_lm, batch_size=2)
+    reqs = [JudgeRequest(f"Rate this answer number {k}.", max_tokens=8) for k in range(3)]
+    resps = judge.complete_many(reqs)
+    assert judge.requests_sent == 3
+    tok = digit_lm.tokenizer
+    for req, r in zip(reqs, resps):
+        assert r.error is None and r.finish_reason == "length" and r.candidates
+        assert set(r.text) <= set("123456\n")
+        # every digit of the text is a candidate position
+        assert len(r.candidates) == sum(c.isdigit() for c in r.text)
+        prompt = chat_ids(digit_lm, req.messages())
+        new = tok(r.text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = digit_lm.model(torch.tensor([prompt + new])).logits[0].float()
+        lp = torch.log_softmax(logits, -1)
+        pos = [k for k, t in enumerate(new) if tok.decode([t]).strip()]
+        for c, k in zip(r.candidates, pos):
+            row = lp[len(prompt) + k - 1]
+            assert set("123456") <= set(c["top"])  # the six choices are the likeliest tokens
+            for t in "123456":
+                want = float(row[tok.convert_tokens_to_ids(t)])
+                assert c["top"][t] == pytest.approx(want, abs=1e-4)
+        d = choice_distribution(r.candidates, "123456")
+        assert d is not None and d[1] == pytest.approx(
+            sum(
+                float(lp[len(prompt) + pos[-1] - 1][tok.convert_tokens_to_ids(c)].exp())
+                for c in "123456"
+            ),
+            abs=1e-4,
+        )
+        s = parse_score(r.text)
+        if s is not None:
+            assert weighted_score(r.candidates) == pytest.approx(
+                sum(int(k) * p for k, p in d[0].items())
+            )
+
+
+def test_local_judge_cache_and_sampling(digit_lm: LoadedModel, tmp_path: Path, one_thread) -> None:
+    judge = CachedJudge(LocalJudge(digit_lm, batch_size=4), folder=tmp_path)
+    reqs = [JudgeRequest(f"q{k}", max_tokens=6, temperature=1.0, seed=5) for k in range(4)]
+    a = judge.complete_many(reqs)
+    assert judge.backend.requests_sent == 4 and judge.hits == 0
+    b = judge.complete_many(reqs)
+    assert judge.backend.requests_sent == 4 and judge.hits == 4 and all(r.cached for r in b)
+    assert [r.text for r in a] == [r.text for r in b]
+    # the same seed reproduces a sampled judgement without the cache
+    c = LocalJudge(digit_lm, batch_size=4).complete_many(reqs)
+    assert [r.text for r in c] == [r.text for r in a]
