@@ -160,3 +160,56 @@ def test_kv_store_keys_identify_tokens(tiny_lm: LoadedModel) -> None:
     reused = option_probs(tiny_lm, r2, steering=table, kv_store=store, position="last")
     fresh = option_probs(tiny_lm, r2, steering=table, position="last")
     np.testing.assert_allclose(reused.probs, fresh.probs, atol=1e-6, rtol=0)
+
+
+def test_chat_all_positions_equals_bias_model(tiny_lm: LoadedModel) -> None:
+    """AlignedModel at all positions steers the prompt and every new token: its greedy text
+    equals a stock copy of the model with u as the o_proj bias."""
+    from palign.chat import AlignedModel, chat_ids
+
+    cfg = tiny_lm.model.config
+    torch.manual_seed(6)
+    u = torch.randn(cfg.num_hidden_layers, cfg.hidden_size) * 4
+
+    class Fixed:  # the adapter interface AlignedModel uses
+        config = {"extra": {"steer_position": "all"}}
+
+        def u_at(self, alpha: float | None = None) -> torch.Tensor:
+            return u
+
+    am = AlignedModel(tiny_lm, Fixed())  # type: ignore[arg-type]
+    assert am.steer_position == "all"
+    text = am.generate("Tell me about you.", max_new_tokens=6)
+    tok = tiny_lm.tokenizer
+    ids = torch.tensor([chat_ids(tiny_lm, am.messages("Tell me about you."))])
+    with torch.no_grad():
+        gen = with_bias(tiny_lm.model, u).generate(
+            input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    assert text == tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    Fixed.config = {"extra": {}}  # adapters written before the position was recorded
+    assert AlignedModel(tiny_lm, Fixed()).steer_position == "last"  # type: ignore[arg-type]
+
+
+def test_pas_selection_uses_the_run_readout(tiny, tiny_lm: LoadedModel, monkeypatch) -> None:
+    """selection_readout=generate scores alphas with the generate readout at the method's
+    position; the record says so."""
+    import palign.models.readout as ro
+    from palign.methods import MethodConfig, get_method
+
+    calls: list[str] = []
+    real = ro.generate_answers
+
+    def spy(*a, **kw):
+        calls.append(kw.get("position"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ro, "generate_answers", spy)
+    opts = {"selection_readout": "generate", "k": 2, "alpha_grid": [0, 4], "folds": 2}
+    m = get_method("pas", MethodConfig("agreement", 0, opts))
+    m.setup(tiny_lm, tiny)
+    a = m.fit(tiny_lm, tiny, tiny.persons[0])
+    assert calls and set(calls) == {"all"}
+    assert m.record()["selection_readout"] == "generate"
+    assert m.record()["steer_position"] == "all" and a.steer_position == "all"
+    assert set(a.info["validation_errors"]) == {"0.0", "4.0"}

@@ -216,6 +216,29 @@ def test_steer_mixed_batch_equivalence_and_no_trace(model_type: str) -> None:
 
 
 @pytest.mark.parametrize("model_type", sorted(CASES))
+def test_all_positions_equal_o_proj_bias(model_type: str) -> None:
+    """``position="all"`` equals the original's mechanism: ``u_l`` as the o_proj bias of a
+    stock copy of the model (an independent re-statement, no hooks)."""
+    import copy
+
+    model = tiny(model_type)
+    arch = resolve_arch(model)
+    ids = _inputs(batch=1)
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(LAYERS, HIDDEN, generator=g) * 2
+    with steer(model, u, position="all", arch=arch):
+        hooked = _logits(model, ids)
+    biased = copy.deepcopy(model)
+    for layer, mod in enumerate(resolve_arch(biased).modules):
+        if mod.bias is None:
+            mod.bias = torch.nn.Parameter(u[layer].clone())
+        else:
+            mod.bias.data += u[layer]
+    torch.testing.assert_close(hooked, _logits(biased, ids), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(hooked, _logits(model, ids))
+
+
+@pytest.mark.parametrize("model_type", sorted(CASES))
 def test_head_shift_equals_layer_vector(model_type: str) -> None:
     model = tiny(model_type)
     arch = resolve_arch(model)
