@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from palign import __version__
 from palign.cli.common import data_args, emit, fmt_arg
@@ -55,7 +56,30 @@ def cmd_data_info(args: argparse.Namespace) -> None:
         f"{', '.join(payload['first_persons'])}\n\n"
         + format_table(["trait", "name", "items", "facets", "shown", "test", "reversed"], rows)
     )
+    full = _full_sets(args, ds)
+    if full is not None:
+        payload["full_sets"] = full
+        human += "\n\n" + (
+            "\n".join(
+                f"full set {f['file']} ({f['layout']}): {f['persons']} persons, "
+                f"{f['items_per_person']} items each ({f['scored_items']} scored), "
+                f"{f['complete_persons']} complete, {f['missing_answers']} missing answers"
+                for f in full
+            )
+            or f"no full-set files in {ds.source}/full/ (PAPI-300K: see docs/scaling.md)"
+        )
     emit(args, payload, human)
+
+
+def _full_sets(args: argparse.Namespace, ds: Any) -> list[dict[str, Any]] | None:
+    """Counts of the full-release files: --full FILE, else those in <data>/full/ (PAPI)."""
+    from palign.data import find_full_files, full_info
+
+    if getattr(args, "full", None):
+        return [full_info(args.full, ds.inventory)]
+    if ds.inventory.name != "ipip-neo" or not ds.source:
+        return None
+    return [full_info(f, ds.inventory) for f in find_full_files(ds.source)]
 
 
 def cmd_data_person(args: argparse.Namespace) -> None:
@@ -170,6 +194,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     p = dsub.add_parser("info", help="inventory, counts, split sizes, missing answers")
     data_args(p, semantics=False)
+    p.add_argument(
+        "--full",
+        metavar="FILE",
+        help="also count the persons of a full-release file (PAPI-300K / PAPI-120-600K CSV; "
+        "default: the files in <data dir>/full/)",
+    )
     fmt_arg(p)
     p.set_defaults(func=cmd_data_info)
     p = dsub.add_parser("person", help="a person's trait/facet profile")

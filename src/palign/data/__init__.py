@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from palign.data.fetch import default_data_dir, fetch
+from palign.data.stream import find_full_files, full_info, iter_persons, read_full
 from palign.data.types import (
     SEMANTICS,
     Dataset,
@@ -92,6 +93,10 @@ __all__ = [
     "check_semantics",
     "default_data_dir",
     "fetch",
+    "find_full_files",
+    "full_info",
+    "iter_persons",
     "load_dataset",
+    "read_full",
     "resolve_data_dir",
 ]

@@ -1,0 +1,352 @@
+"""Streaming reader for the full PAPI releases (PAPI-300K, PAPI-120-600K).
+
+The paper's README links the full releases (Google Drive; users download them themselves).
+Their layout is the one the paper's preprocessing reads (``pd.read_csv('MPI300.csv')``, the
+300 test persons of ``Test-set.json`` are rows of it): a comma-separated file with a header,
+one person per row:
+
+- ``case``: the person id (the ``case`` of ``Test-set.json``);
+- demographic columns (``sex, age, sec, min, hour, date, month, year, country`` in
+  ``Test-set.json``), kept as the person's demographics;
+- ``i1`` ... ``i300`` (PAPI-300K): the answer to item ``Full#`` = n of the item key, 1..5 in
+  trait direction like ``Test-set.json``, 0 or empty = not answered;
+- or ``i1`` ... ``i120`` (PAPI-120-600K, IPIP-NEO-120 only): the answer to the n-th
+  IPIP-NEO-120 item (``Short#`` = n of the item key, i.e. ``shown_ids[n - 1]`` of the PAPI
+  split). These persons answered only the 120 shown items: they can be aligned, not scored.
+
+Files may be ``.csv``, ``.csv.gz`` or a ``.zip`` holding one ``.csv``; put them in
+``<data dir>/full/`` (found by ``palign data info``) or pass the path. Nothing is loaded
+whole: rows are parsed one at a time and only the selected persons are kept, so memory
+grows with the selection, not with the file. Layout problems are one-line
+:class:`~palign.errors.PalignError` s naming the file, the line and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from palign.data.types import Dataset, Inventory, Person
+from palign.errors import PalignError
+
+FULL_DIR = "full"
+SUFFIXES = (".csv", ".csv.gz", ".zip")
+LAYOUTS = {"papi-300k": 300, "papi-120-600k": 120}
+_VALID = {"", "0", "1", "2", "3", "4", "5", "0.0", "1.0", "2.0", "3.0", "4.0", "5.0"}
+_EXPECTED = "case, demographics..., i1..i300 (PAPI-300K) or i1..i120 (PAPI-120-600K)"
+
+
+def find_full_files(data_dir: str | Path) -> list[Path]:
+    """Full-release files in ``<data_dir>/full/`` (sorted; empty if none)."""
+    folder = Path(data_dir) / FULL_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+
+
+@contextmanager
+def _open_text(path: Path) -> Iterator[io.TextIOBase]:
+    if not path.is_file():
+        raise PalignError(
+            f"full-set file {path} not found; download PAPI-300K from the links in the paper's "
+            f"README and put it in <data dir>/{FULL_DIR}/ (see docs/scaling.md)"
+        )
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        with open(path, encoding="utf-8", newline="") as f:
+            yield f
+    elif name.endswith(".csv.gz"):
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            yield f  # type: ignore[misc]
+    elif name.endswith(".zip"):
+        try:
+            zf = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise PalignError(f"{path} is not a readable zip file; download it again") from None
+        with zf:
+            members = [m for m in zf.namelist() if m.lower().endswith(".csv")]
+            if len(members) != 1:
+                raise PalignError(
+                    f"{path} holds {len(members)} .csv files ({', '.join(members[:3]) or 'none'}); "
+                    "expected exactly one; unzip it and pass the .csv"
+                )
+            with zf.open(members[0]) as raw:
+                yield io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    else:
+        raise PalignError(
+            f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)} "
+            "(the PAPI release CSV, optionally compressed)"
+        )
+
+
+@dataclass
+class FullLayout:
+    """The columns of a full-release file.
+
+    Attributes:
+        path: the file.
+        layout: ``papi-300k`` or ``papi-120-600k``.
+        header: the column names.
+        id_col: index of ``case``.
+        item_cols: ``(column index, item id)`` for every answer column.
+        demo_cols: ``(column index, name)`` of the other columns.
+    """
+
+    path: Path
+    layout: str
+    header: list[str]
+    id_col: int
+    item_cols: list[tuple[int, str]]
+    demo_cols: list[tuple[int, str]]
+
+
+def _layout(path: Path, header: list[str], inventory: Inventory) -> FullLayout:
+    if inventory.name != "ipip-neo":
+        raise PalignError(
+            f"the full releases are IPIP-NEO (PAPI); got inventory {inventory.name!r}; "
+            "use --inventory ipip-neo"
+        )
+    header = [h.strip() for h in header]
+    if len(header) == 1 and any(sep in header[0] for sep in ";\t|"):
+        raise PalignError(
+            f"{path}: the header is not comma-separated ({header[0][:40]!r}...); expected the "
+            f"PAPI release CSV: {_EXPECTED}"
+        )
+    lower = [h.lower() for h in header]
+    if "case" not in lower:
+        raise PalignError(
+            f"{path}: no 'case' column (the person id); expected the PAPI release layout: "
+            f"{_EXPECTED}"
+        )
+    items: dict[int, int] = {}
+    for k, h in enumerate(lower):
+        if h.startswith("i") and h[1:].isdigit():
+            n = int(h[1:])
+            if n in items:
+                raise PalignError(f"{path}: column {header[k]!r} appears twice; fix the header")
+            items[n] = k
+    found = sorted(items)
+    layout = next((k for k, n in LAYOUTS.items() if found == list(range(1, n + 1))), None)
+    if layout is None:
+        span = f"i{found[0]}..i{found[-1]}" if found else "none"
+        raise PalignError(
+            f"{path}: {len(found)} answer columns ({span}); expected i1..i300 (PAPI-300K) or "
+            "i1..i120 (PAPI-120-600K)"
+        )
+    if layout == "papi-300k":
+        known = {it.id for it in inventory.items}
+        ids = [str(n) for n in found]
+        if set(ids) != known:
+            raise PalignError(f"{path}: item ids do not match the inventory's 300 items")
+    else:
+        if len(inventory.shown_ids) != 120:
+            raise PalignError(f"{path}: PAPI-120 needs the 120 shown items of the PAPI split")
+        ids = [inventory.shown_ids[n - 1] for n in found]  # Short# n = shown_ids[n - 1]
+    item_cols = [(items[n], iid) for n, iid in zip(found, ids)]
+    taken = {k for k, _ in item_cols}
+    id_col = lower.index("case")
+    demo = [(k, h) for k, h in enumerate(header) if k not in taken and k != id_col]
+    return FullLayout(path, layout, header, id_col, item_cols, demo)
+
+
+def _rows(path: Path, inventory: Inventory) -> Iterator[tuple[FullLayout, int, int, list[str]]]:
+    """Yield ``(layout, row index, line number, fields)`` for every data row, checked."""
+    with _open_text(path) as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise PalignError(f"{path} is empty; expected the PAPI release CSV") from None
+        except (UnicodeDecodeError, csv.Error, OSError, EOFError) as e:
+            raise PalignError(f"{path}: unreadable ({e}); download it again") from None
+        lay = _layout(path, header, inventory)
+        width = len(header)
+        lo = min(k for k, _ in lay.item_cols)
+        hi = max(k for k, _ in lay.item_cols) + 1
+        contiguous = hi - lo == len(lay.item_cols)
+        index = 0
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != width:
+                    raise PalignError(
+                        f"{path} line {reader.line_num}: {len(row)} fields, the header has "
+                        f"{width}; the file is truncated or not the release CSV"
+                    )
+                vals = row[lo:hi] if contiguous else [row[k] for k, _ in lay.item_cols]
+                if not _VALID.issuperset(vals):
+                    k, v = next((k, row[k]) for k, _ in lay.item_cols if row[k] not in _VALID)
+                    raise PalignError(
+                        f"{path} line {reader.line_num} (case {row[lay.id_col]}): "
+                        f"{lay.header[k]} = {v!r}, expected 0..5 (0 or empty = not answered)"
+                    )
+                if not row[lay.id_col].strip():
+                    raise PalignError(f"{path} line {reader.line_num}: empty 'case' (person id)")
+                yield lay, index, reader.line_num, row
+                index += 1
+        except (UnicodeDecodeError, csv.Error, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise PalignError(f"{path}: unreadable ({e}); download it again") from None
+
+
+def _person(lay: FullLayout, row: list[str], inventory: Inventory) -> Person:
+    stored = {it.id: 0 for it in inventory.items}
+    for k, iid in lay.item_cols:
+        v = row[k]
+        stored[iid] = int(v[0]) if v else 0  # checked: "", "0".."5" or "0.0".."5.0"
+    demo: dict[str, Any] = {}
+    for k, name in lay.demo_cols:
+        v = row[k].strip()
+        demo[name] = int(v) if v.isdigit() else v
+    return Person(id=_person_id(row[lay.id_col]), stored=stored, demographics=demo)
+
+
+def count_rows(path: str | Path, inventory: Inventory) -> int:
+    """Number of persons (data rows) in a full-release file (one checked pass)."""
+    n = 0
+    for _ in _rows(Path(path), inventory):
+        n += 1
+    return n
+
+
+def sample_indices(n_rows: int, n: int, seed: int) -> list[int]:
+    """The row indices of a seeded sample of ``n`` of ``n_rows`` persons, in file order."""
+    import numpy as np
+
+    if n < 1:
+        raise PalignError("--sample must be at least 1")
+    if n > n_rows:
+        raise PalignError(f"--sample {n} exceeds the file's {n_rows} persons")
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_rows, size=n, replace=False))
+
+
+def iter_persons(
+    path: str | Path,
+    inventory: Inventory,
+    *,
+    ids: list[str] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+) -> Iterator[Person]:
+    """Stream the selected persons of a full-release file, in file order.
+
+    Select at most one of: ``ids`` (person ids, the ``case`` column; all must exist),
+    ``start``/``stop`` (data rows ``start`` .. ``stop - 1``, 0-based), ``sample`` (a seeded
+    uniform sample of that many rows: :func:`sample_indices`, a counting pass first). None:
+    every person.
+    """
+    path = Path(path)
+    modes = [ids is not None, start is not None or stop is not None, sample is not None]
+    if sum(modes) > 1:
+        raise PalignError("select persons by ids, by a row range or by a sample, not several")
+    if start is not None and start < 0 or stop is not None and stop < 0:
+        raise PalignError("a row range needs non-negative bounds, e.g. --range 0:1000")
+    if start is not None and stop is not None and stop <= start:
+        raise PalignError(f"empty row range {start}:{stop}; give START:STOP with STOP > START")
+    wanted: set[str] | None = None
+    if ids is not None:
+        wanted = {str(i) for i in ids}
+        if not wanted:
+            raise PalignError("no person ids given")
+    picks: list[int] | None = None
+    if sample is not None:
+        picks = sample_indices(count_rows(path, inventory), sample, seed)
+    lo = start or 0
+    nxt = 0
+    seen: set[str] = set()
+    for lay, index, _, row in _rows(path, inventory):
+        if wanted is not None:
+            pid = _person_id(row[lay.id_col])
+            if pid in wanted and pid not in seen:
+                seen.add(pid)
+                yield _person(lay, row, inventory)
+                if len(seen) == len(wanted):
+                    return
+        elif picks is not None:
+            if nxt < len(picks) and index == picks[nxt]:
+                nxt += 1
+                yield _person(lay, row, inventory)
+                if nxt == len(picks):
+                    return
+        else:
+            if stop is not None and index >= stop:
+                return
+            if index >= lo:
+                yield _person(lay, row, inventory)
+    if wanted is not None and len(seen) < len(wanted):
+        missing = sorted(wanted - seen)
+        raise PalignError(
+            f"{len(missing)} person id(s) not in {path} (e.g. {', '.join(missing[:3])}); "
+            "ids are the 'case' column"
+        )
+
+
+def _person_id(v: str) -> str:
+    v = v.strip()
+    return v[:-2] if v.endswith(".0") and v[:-2].isdigit() else v
+
+
+def read_full(
+    path: str | Path,
+    inventory: Inventory,
+    *,
+    ids: list[str] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """The selected persons of a full-release file as a :class:`Dataset` (see
+    :func:`iter_persons` for the selection); ``inventory`` is the PAPI one
+    (``load_dataset(...).inventory``)."""
+    persons = list(
+        iter_persons(path, inventory, ids=ids, start=start, stop=stop, sample=sample, seed=seed)
+    )
+    if not persons:
+        raise PalignError(f"the selection from {path} is empty; check the row range")
+    if ids is not None:  # in the order asked
+        by = {p.id: p for p in persons}
+        persons = [by[str(i)] for i in dict.fromkeys(str(i) for i in ids)]
+    return Dataset(inventory=inventory, persons=persons, source=str(path))
+
+
+def full_info(path: str | Path, inventory: Inventory) -> dict[str, Any]:
+    """Counts of a full-release file (one streaming pass): persons, answers, missing."""
+    path = Path(path)
+    lay: FullLayout | None = None
+    rows = complete = missing = 0
+    first: list[str] = []
+    for lay, _, _, row in _rows(path, inventory):
+        rows += 1
+        vals = [row[k] for k, _ in lay.item_cols]
+        miss = vals.count("") + vals.count("0") + vals.count("0.0")
+        missing += miss
+        complete += miss == 0
+        if len(first) < 5:
+            first.append(_person_id(row[lay.id_col]))
+    if lay is None:
+        with _open_text(path) as f:
+            header = next(csv.reader(f), [])
+        lay = _layout(path, header, inventory)
+    n_items = len(lay.item_cols)
+    return {
+        "file": str(path),
+        "layout": lay.layout,
+        "persons": rows,
+        "items_per_person": n_items,
+        "scored_items": sum(iid in set(inventory.test_ids) for _, iid in lay.item_cols),
+        "complete_persons": complete,
+        "missing_answers": missing,
+        "demographic_columns": [name for _, name in lay.demo_cols],
+        "first_persons": first,
+    }
