@@ -61,7 +61,9 @@ def adapters_dir(tmp_path_factory: pytest.TempPathFactory, tiny_lm: LoadedModel)
 def server(tiny_lm: LoadedModel, adapters_dir: Path):  # type: ignore[no-untyped-def]
     torch.set_num_threads(1)
     app = create_app(
-        tiny_lm, [adapters_dir], ServeConfig(served_model_name="tiny", max_body_bytes=512_000)
+        tiny_lm,
+        [adapters_dir],
+        ServeConfig(served_model_name="tiny", max_body_bytes=512_000, threads=1),
     )
     with serve_in_thread(app) as url:
         yield app.state.palign, url
@@ -299,7 +301,9 @@ def test_errors_openai_shape(client: openai.OpenAI, server) -> None:  # type: ig
 
 
 def test_overload_503_and_api_key(tiny_lm: LoadedModel, adapters_dir: Path) -> None:
-    cfg = ServeConfig(served_model_name="tiny", api_key="s3cret", max_batch=1, max_queue=0)
+    cfg = ServeConfig(
+        served_model_name="tiny", api_key="s3cret", max_batch=1, max_queue=0, threads=1
+    )
     app = create_app(tiny_lm, [adapters_dir / "alice"], cfg)
     with serve_in_thread(app) as url:
         with pytest.raises(openai.AuthenticationError) as e:

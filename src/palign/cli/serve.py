@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         upload_dir=args.upload_dir,
         data=args.data,
         force=args.force,
+        threads=args.threads,
     )
     app = create_app(args.model, args.adapters or [], config, device=args.device, dtype=args.dtype)
     srv = app.state.palign
@@ -131,6 +132,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--force",
         action="store_true",
         help="accept adapters recorded for another id/revision of the same model shape",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     p.add_argument(
         "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug")

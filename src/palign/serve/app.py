@@ -67,6 +67,7 @@ class ServeConfig:
             removed at shutdown). ``DELETE`` removes files only there.
         data: PAPI data folder for aligning uploaded answers (default: ``$PALIGN_DATA``).
         force: accept adapters recorded for another id/revision of the same model shape.
+        threads: torch threads of the engine (None: torch's default).
     """
 
     served_model_name: str | None = None
@@ -78,6 +79,7 @@ class ServeConfig:
     upload_dir: str | Path | None = None
     data: str | Path | None = None
     force: bool = False
+    threads: int | None = None
 
 
 def _base_name(lm: LoadedModel) -> str:
@@ -98,7 +100,9 @@ class PalignServer:
         if ":" in self.base:
             raise PalignError(f"served model name {self.base!r} must not contain ':'")
         self.registry = Registry(lm, force=config.force)
-        self.engine = Engine(lm, max_batch=config.max_batch, max_queue=config.max_queue)
+        self.engine = Engine(
+            lm, max_batch=config.max_batch, max_queue=config.max_queue, threads=config.threads
+        )
         self._own_upload = config.upload_dir is None
         self.upload_dir = Path(
             config.upload_dir or tempfile.mkdtemp(prefix="palign-serve-")
