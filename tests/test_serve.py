@@ -388,3 +388,37 @@ def test_personalities_upload_and_delete(
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="tiny:carol", **kw)
     assert httpx.delete(f"{url}/personalities/carol").status_code == 404
+
+
+def test_personality_from_answers(
+    tiny_lm: LoadedModel, tiny_folder: Path, papi_dir: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Answers uploaded to the server are aligned like ``palign align --answers`` does."""
+    from palign.cli import main
+
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
+    answers = {str(i): (i * 7 % 5) + 1 for i in range(1, 41)}
+    opts = {"alpha_grid": [0, 2], "k": 4}
+    cfg = ServeConfig(served_model_name="tiny", data=papi_dir, threads=1)
+    app = create_app(tiny_lm, [], cfg)
+    with serve_in_thread(app) as url:
+        r = httpx.post(
+            f"{url}/personalities",
+            json={"name": "eve", "answers": answers, "options": opts},
+            timeout=120,
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["palign"]["person"] == "answers-file"
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
+        assert "tiny:eve" in [m.id for m in c.models.list().data]
+        r = httpx.post(f"{url}/personalities", json={"name": "z", "answers": {"1": 9}})
+        assert r.status_code == 400 and "1..5" in r.json()["error"]["message"]
+        served = app.state.palign.registry.get("eve").adapter
+    (tmp_path / "me.json").write_text(json.dumps(answers))
+    argv = ["align", "--answers", str(tmp_path / "me.json"), "--model", str(tiny_folder),
+            "--data", str(papi_dir), "--out", str(tmp_path / "cli"), "--alpha-grid", "0,2",
+            "--k", "4"]  # fmt: skip
+    assert main(argv) == 0
+    ref = load_adapter(tmp_path / "cli")
+    assert served.fit.heads == ref.fit.heads and served.alpha == ref.alpha
+    torch.testing.assert_close(served.u_unit, ref.u_unit)
