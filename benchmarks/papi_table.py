@@ -1,6 +1,8 @@
 """The PAPI results table: every method and reference predictor for one model and N persons.
 
     python benchmarks/papi_table.py --model smollm2 --persons 10 --name smollm2-10
+    python benchmarks/papi_table.py --model qwen2.5-coder-1.5b --persons 10 \
+        --name qwen2.5-coder-1.5b-papi-10      # after ./dev setup --models qwen2.5-coder-1.5b
 
 Writes docs/results/<name>.md/.json and PNG plots; runs go to runs/<name>/<method> and are
 reused (finished persons are not recomputed).
@@ -18,7 +20,12 @@ from palign.eval.papi_report import ALL_METHODS, build_report
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="smollm2")
+    ap.add_argument(
+        "--model",
+        default="smollm2",
+        help="model alias (see 'palign models': smollm2, qwen2.5-coder-1.5b, ...), hub id, "
+        "folder or .gguf file",
+    )
     ap.add_argument("--persons", type=int, default=10)
     ap.add_argument("--name", default=None, help="report name (default <model>-<persons>)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS))
