@@ -454,4 +454,3 @@ def requirements(aliases: str) -> list[str]:
         if name:
             out.extend(p.requirement for p in get_entry(name).parts)
     return list(dict.fromkeys(out))
-
