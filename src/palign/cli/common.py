@@ -128,3 +128,63 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
     if opts.get("alpha_selection") == "fixed" and "alpha" not in opts:
         raise PalignError("--alpha-selection fixed needs --alpha VALUE")
     return opts
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    """Options of the training baselines (dpo, grpo); defaults in ``palign.train.config``."""
+    g = p.add_argument_group(
+        "training options (dpo, grpo; defaults: LoRA r 16, alpha 100 on q/k/v/o, 250 steps, "
+        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1.41e-5, KL beta 0.2, 15 new tokens)"
+    )
+    g.add_argument("--train-steps", type=int, default=None, help="optimiser steps per person")
+    g.add_argument("--train-lr", type=float, default=None, help="peak learning rate")
+    g.add_argument(
+        "--train-batch", type=int, default=None, help="effective batch (examples per step)"
+    )
+    g.add_argument(
+        "--train-micro-batch",
+        type=int,
+        default=None,
+        help="examples per forward (gradient accumulation keeps --train-batch; lower it when "
+        "memory runs out)",
+    )
+    g.add_argument("--train-beta", type=float, default=None, help="dpo: beta; grpo: KL coefficient")
+    g.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    g.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha")
+    g.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other training option (repeatable), e.g. warmup_ratio=0.05, "
+        "lora_targets=q_proj,v_proj, num_generations=4, max_new_tokens=15",
+    )
+
+
+def train_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Method options from the training flags (only those given)."""
+    opts: dict[str, Any] = {}
+    for flag, key in (
+        ("train_steps", "steps"),
+        ("train_lr", "lr"),
+        ("train_batch", "batch"),
+        ("train_micro_batch", "micro_batch"),
+        ("train_beta", "beta"),
+        ("lora_r", "lora_r"),
+        ("lora_alpha", "lora_alpha"),
+    ):
+        v = getattr(args, flag, None)
+        if v is not None:
+            opts[key] = v
+    if "batch" in opts and "micro_batch" not in opts:
+        opts["micro_batch"] = min(int(opts["batch"]), 16)
+        if int(opts["batch"]) % opts["micro_batch"]:
+            opts["micro_batch"] = opts["batch"]
+    for item in getattr(args, "train_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PalignError(
+                f"bad --train-option {item!r}; write KEY=VALUE, e.g. warmup_ratio=0.05"
+            )
+        opts[key.strip().replace("-", "_")] = value.strip()
+    return opts

@@ -149,16 +149,27 @@ def predict_aligned(
         rest = [k for k in range(len(aligned)) if k not in lora]
         if rest:
             got = predict_aligned(
-                lm, dataset, [aligned[k] for k in rest], item_ids, readout, batch_size,
-                progress, kv_store,
+                lm,
+                dataset,
+                [aligned[k] for k in rest],
+                item_ids,
+                readout,
+                batch_size,
+                progress,
+                kv_store,
             )
             for k, r in zip(rest, got):
                 recs[k] = r
         for k in lora:  # no kv_store: cached prefixes belong to the model without the adapter
             with active_lora(lm, aligned[k].lora):
                 recs[k] = predict_aligned(
-                    lm, dataset, [dataclasses.replace(aligned[k], lora=None)], item_ids,
-                    readout, batch_size, progress,
+                    lm,
+                    dataset,
+                    [dataclasses.replace(aligned[k], lora=None)],
+                    item_ids,
+                    readout,
+                    batch_size,
+                    progress,
                 )[0]
         return recs
 

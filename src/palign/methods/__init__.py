@@ -8,4 +8,9 @@ try:  # PAS needs the steering layer
 except ImportError:  # pragma: no cover - only while steering is being built
     pass
 
+try:  # training baselines need the train extra (trl, peft) only when they run
+    from palign.methods import dpo, grpo, ppo  # noqa: F401
+except ImportError:  # pragma: no cover
+    pass
+
 __all__ = ["METHODS", "Aligned", "Method", "MethodConfig", "get_method", "register"]

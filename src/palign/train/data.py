@@ -1,0 +1,132 @@
+"""Training data of one person, from the 120 *shown* items only (never the test items).
+
+- DPO pairs (:func:`dpo_pairs`): one per shown statement the person answered with something
+  other than 3. The prompt is palign's logits-readout prompt (task template, neutral system
+  prompt, assistant turn prefilled with ``"Option ("``); *chosen* is the option matching the
+  person's answer ``v`` (e.g. ``"B). Moderately Accurate"``), *rejected* the mirrored option
+  ``6 - v``. Neutral (3) and missing answers are dropped.
+- RL prompts (:func:`rl_prompts`): the generate-readout prompt (prefill ``"Option"``, as the
+  paper's code) of every answered shown statement, with the person's answer for the reward
+  (:func:`answer_reward`: ``-|parsed - answer|``, a fixed penalty when nothing parses).
+
+Answers are taken under the run's semantics (agreement by default), the same scale the
+readout is scored on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from palign.data.types import Dataset, Person, Semantics
+from palign.errors import PalignError
+from palign.models.prompts import OPTION_LETTERS, OPTION_TEXTS, build_generate_prompt, build_prompt
+
+
+def option_completion(answer: int, form: str = "option") -> str:
+    """The completion after ``"Option ("`` for an answer 1..5: ``form="option"`` gives
+    4 -> ``"B). Moderately Accurate"``, ``form="letter"`` gives ``"B"``."""
+    k = 5 - int(answer)
+    return OPTION_LETTERS[k] if form == "letter" else f"{OPTION_LETTERS[k]}). {OPTION_TEXTS[k]}"
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One DPO example (``item`` is kept for audits; TRL reads prompt/chosen/rejected)."""
+
+    item: str
+    prompt: str
+    chosen: str
+    rejected: str
+    answer: int
+
+
+def shown_answers(dataset: Dataset, person: Person, semantics: Semantics) -> dict[str, int]:
+    """The person's answers to the shown items (item id -> 1..5), missing ones left out."""
+    inv = dataset.inventory
+    return person.answers(inv, semantics, list(inv.shown_ids))
+
+
+def dpo_pairs(
+    tokenizer: Any,
+    dataset: Dataset,
+    person: Person,
+    semantics: Semantics = "agreement",
+    system_prompt: str | None = None,
+    completion: str = "option",
+) -> list[PreferencePair]:
+    """DPO pairs of one person from the shown items; :class:`PalignError` when there are none.
+
+    ``completion``: ``"option"`` (letter + option text) or ``"letter"`` (the letter alone).
+    """
+    inv = dataset.inventory
+    pairs = []
+    for iid, v in shown_answers(dataset, person, semantics).items():
+        if v == 3:
+            continue
+        prompt = build_prompt(tokenizer, system_prompt, inv.statement(inv.item(iid)))
+        pairs.append(
+            PreferencePair(
+                iid,
+                prompt,
+                option_completion(v, completion),
+                option_completion(6 - v, completion),
+                v,
+            )
+        )
+    if not pairs:
+        raise PalignError(
+            f"person {person.id} has no non-neutral shown answer (nothing to train on); "
+            "DPO needs shown answers other than 3"
+        )
+    return pairs
+
+
+@dataclass(frozen=True)
+class RLPrompt:
+    """One RL prompt with the person's answer (the reward's target)."""
+
+    item: str
+    prompt: str
+    answer: int
+
+
+def rl_prompts(
+    tokenizer: Any,
+    dataset: Dataset,
+    person: Person,
+    semantics: Semantics = "agreement",
+    system_prompt: str | None = None,
+) -> list[RLPrompt]:
+    """Generate-readout prompts of the person's answered shown items.
+
+    Raises :class:`PalignError` when the person has no non-neutral shown answer (a person who
+    answered 3 everywhere gives no signal that differs from "always C").
+    """
+    inv = dataset.inventory
+    answers = shown_answers(dataset, person, semantics)
+    if not any(v != 3 for v in answers.values()):
+        raise PalignError(
+            f"person {person.id} has no non-neutral shown answer (nothing to train on); "
+            "RL training needs shown answers other than 3"
+        )
+    return [
+        RLPrompt(
+            iid, build_generate_prompt(tokenizer, system_prompt, inv.statement(inv.item(iid))), v
+        )
+        for iid, v in answers.items()
+    ]
+
+
+def answer_reward(
+    completions: Sequence[str], answer: Sequence[int], unparsed_penalty: float = -5.0
+) -> list[float]:
+    """``-|parsed answer - person's answer|`` per completion; ``unparsed_penalty`` if unparsed."""
+    from palign.models.readout import parse_answer
+
+    out = []
+    for text, a in zip(completions, answer):
+        got = parse_answer(text if isinstance(text, str) else str(text))
+        out.append(float(unparsed_penalty) if got is None else -abs(float(got) - float(a)))
+    return out

@@ -1,0 +1,112 @@
+"""Per-person GRPO with ``trl.GRPOTrainer`` and a PEFT LoRA adapter.
+
+The installed TRL (1.x) ships no PPO trainer, so the RL baseline is GRPO with the rule reward
+of the PPO recipe (``-|parsed answer - person's answer|``, a fixed penalty when nothing
+parses) and the paper's PPO hyper-parameters where they carry over. Results name it
+``grpo``, never PPO. The KL term's reference is the frozen base (adapter disabled).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from palign.train.config import GRPOTrainConfig
+from palign.train.data import RLPrompt, answer_reward
+from palign.train.dpo import TrainResult
+from palign.train.lora import (
+    drop_printer,
+    lora_config,
+    lora_training,
+    loss_summary,
+    progress_callback,
+    quiet_libraries,
+    run_training,
+    save_lora,
+    trainer_common_args,
+)
+
+if TYPE_CHECKING:
+    from palign.models.loading import LoadedModel
+
+
+def grpo_trainer_class() -> type:
+    """``trl.GRPOTrainer`` (a function, so tests can spy on what it is given)."""
+    from trl import GRPOTrainer
+
+    return GRPOTrainer
+
+
+def train_grpo(
+    lm: LoadedModel,
+    prompts: list[RLPrompt],
+    cfg: GRPOTrainConfig,
+    folder: str | Path,
+    *,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+    person: str = "",
+    progress: bool = True,
+) -> TrainResult:
+    """Train one LoRA adapter with GRPO on ``prompts`` and save it to ``folder`` (atomically)."""
+    from datasets import Dataset as HFDataset
+    from trl import GRPOConfig
+
+    rows = [{"prompt": p.prompt, "answer": p.answer} for p in prompts]
+    holder: dict[str, Any] = {}
+
+    def reward(completions: list[Any], answer: list[int], **_: Any) -> list[float]:
+        return answer_reward(completions, answer, cfg.unparsed_penalty)
+
+    reward.__name__ = "answer_reward"
+
+    def train() -> None:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="palign-grpo-") as tmp, quiet_libraries(progress):
+            pad = lm.tokenizer.pad_token_id
+            args = GRPOConfig(
+                **trainer_common_args(cfg, lm, seed, tmp),
+                beta=cfg.beta,
+                num_generations=cfg.num_generations,
+                max_completion_length=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                generation_kwargs={"pad_token_id": pad} if pad is not None else None,
+            )
+            with lora_training(lm, seed):
+                trainer = grpo_trainer_class()(
+                    model=lm.model,
+                    peft_config=lora_config(cfg),
+                    reward_funcs=reward,
+                    args=args,
+                    train_dataset=HFDataset.from_list(rows),
+                    processing_class=lm.tokenizer,
+                    callbacks=[progress_callback(f"grpo {person}", cfg.steps, progress, "reward")],
+                )
+                drop_printer(trainer)
+                trainer.train()
+                history = list(trainer.state.log_history)
+                save_lora(
+                    trainer.accelerator.unwrap_model(trainer.model),
+                    Path(folder),
+                    {
+                        **(meta or {}),
+                        "loss": loss_summary(history),
+                        "reward": loss_summary(history, "reward"),
+                        "n_prompts": len(prompts),
+                        "seconds": round(time.perf_counter() - t0, 2),
+                    },
+                )
+                holder["history"] = history
+
+    _, seconds = run_training(train, "grpo", person, cfg)
+    history = holder["history"]
+    return TrainResult(
+        Path(folder),
+        seconds,
+        loss_summary(history),
+        history,
+        len(prompts),
+        [p.item for p in prompts],
+    )

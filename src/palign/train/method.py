@@ -1,0 +1,145 @@
+"""The harness side of the training baselines: a :class:`~palign.methods.base.Method` that
+trains one LoRA adapter per person and hands the harness its folder (``Aligned.lora``).
+
+Adapters go to ``adapter_root/<person>/`` (``palign eval`` sets ``OUT/adapters``; from Python
+the default is a folder in the user cache keyed by the method's configuration and model). An
+adapter folder that already holds a finished adapter of the same configuration, model and
+person is reused (resume after an interruption between training and the person's results
+file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any, ClassVar
+
+from palign.data.types import Dataset, Person
+from palign.methods.base import Aligned, Method, MethodConfig
+from palign.models.loading import LoadedModel
+from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
+from palign.paths import cache_dir
+from palign.train.config import TrainConfig, config_from_options
+from palign.train.lora import read_meta
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the training libraries (recorded next to each adapter)."""
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "transformers", "trl", "peft", "datasets", "accelerate"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:  # pragma: no cover
+            out[mod] = "missing"
+    return out
+
+
+class LoRATrainingMethod(Method):
+    """Base of the per-person LoRA training methods (subclasses set the trainer)."""
+
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+    trainer_name: ClassVar[str] = ""
+    system_prompt: ClassVar[str | None] = NEUTRAL_SYSTEM_PROMPT
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__(config)
+        self.train_config = config_from_options(self.config_class, self.config.options, self.name)
+        self.adapter_root: Path | None = None
+        """Where adapters are written (``palign eval`` sets ``OUT/adapters``)."""
+        self.progress = True
+
+    # --- to implement ----------------------------------------------------------------------
+    def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
+        """The person's training examples (shown items only)."""
+        raise NotImplementedError
+
+    def train(
+        self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
+    ) -> Any:
+        """Train and save one adapter; returns a :class:`palign.train.dpo.TrainResult`."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        """The method's configuration (all training options, defaults included)."""
+        return {
+            "name": self.name,
+            "seed": self.config.seed,
+            "trainer": self.trainer_name,
+            "training": self.train_config.to_dict(),
+            "system_prompt": self.system_prompt,
+            "data": "shown items only",
+        }
+
+    def root(self, lm: LoadedModel) -> Path:
+        """The adapters folder of this run."""
+        if self.adapter_root is not None:
+            return Path(self.adapter_root)
+        key = json.dumps(
+            {"record": self.record(), "model": lm.model_id, "rev": lm.revision}, sort_keys=True
+        )
+        return cache_dir("lora", f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+
+    def _meta(self, lm: LoadedModel, dataset: Dataset, person: Person) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "trainer": self.trainer_name,
+            "person": person.id,
+            "model_spec": lm.spec,
+            "model_id": lm.model_id,
+            "revision": lm.revision,
+            "model_type": getattr(lm.model.config, "model_type", None),
+            "inventory": dataset.inventory.name,
+            "semantics": self.config.semantics,
+            "seed": self.config.seed,
+            "system_prompt": self.system_prompt,
+            "training": self.train_config.to_dict(),
+            "versions": library_versions(),
+        }
+
+    @staticmethod
+    def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+        keys = (
+            "method",
+            "person",
+            "model_id",
+            "revision",
+            "inventory",
+            "semantics",
+            "seed",
+            "training",
+        )
+        return all(old.get(k) == new.get(k) for k in keys)
+
+    def fit(self, lm: LoadedModel, dataset: Dataset, person: Person) -> Aligned:
+        """Train (or reuse) the person's adapter; the readout applies it (``Aligned.lora``)."""
+        examples = self.examples(lm, dataset, person)  # raises for nothing to train on
+        folder = self.root(lm) / person.id
+        meta = self._meta(lm, dataset, person)
+        old = read_meta(folder)
+        reused = old is not None and self._same(old, meta) and "loss" in old
+        if reused:
+            loss, seconds = old["loss"], old.get("seconds")
+            extra = {k: old[k] for k in ("reward",) if k in old}
+        else:
+            res = self.train(lm, examples, folder, meta, person.id)
+            loss, seconds = res.loss, round(res.seconds, 2)
+            extra = {}
+            if res.history and any("reward" in h for h in res.history):
+                from palign.train.lora import loss_summary
+
+                extra["reward"] = loss_summary(res.history, "reward")
+        info: dict[str, Any] = {
+            "trainer": self.trainer_name,
+            "adapter": str(folder),
+            "train_seconds": seconds,
+            "loss": loss,
+            **extra,
+            "n_examples": len(examples),
+            "training": self.train_config.to_dict(),
+        }
+        if reused:
+            info["reused_adapter"] = True
+        return Aligned(person.id, self.system_prompt, info=info, lora=str(folder))
