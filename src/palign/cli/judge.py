@@ -125,7 +125,13 @@ def cmd_judge(args: argparse.Namespace) -> None:
         "progress": not args.quiet,
     }
     if args.versus:
-        res = judge_pairwise(args.dir, args.versus, judge, **kw)
+        ds = None
+        if args.data:
+            from palign.data import load_dataset
+            from palign.judge.generate import load_generations
+
+            ds = load_dataset(args.data, load_generations(args.dir)[0].get("inventory", "ipip-neo"))
+        res = judge_pairwise(args.dir, args.versus, judge, dataset=ds, **kw)
         wr = res["win_rate_a"]
         human = (
             f"pairwise judge {res['judge']['model']}: {res['a']['method']} ({args.dir}) vs "
@@ -246,6 +252,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "orders; reports DIR's win rate",
     )
     p.add_argument("--name", default=None, help="output name under DIR/judge/ (default: judge)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="pairwise: data folder for the persons' profiles (default: the run's)",
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
     p.add_argument(
         "--max-tokens", type=int, default=512, help="judgement length limit (default 512)"

@@ -191,6 +191,8 @@ class OpenAIJudge:
         self.requests_sent = 0
         self.retried = 0
         self._lock = threading.Lock()
+        # OpenAI's newer models take max_completion_tokens only; switched to on their 400
+        self._max_key = "max_tokens"
 
     def describe(self) -> dict[str, Any]:
         """Endpoint, model and client settings (the key itself is never recorded)."""
@@ -223,7 +225,7 @@ class OpenAIJudge:
         kw: dict[str, Any] = {
             "model": self.model,
             "messages": req.messages(),
-            "max_tokens": req.max_tokens,
+            self._max_key: req.max_tokens,
             "temperature": req.temperature,
             "seed": req.seed,
         }
@@ -231,7 +233,16 @@ class OpenAIJudge:
             kw.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         with self._lock:
             self.requests_sent += 1
-        return self._client.chat.completions.create(**kw)
+        try:
+            return self._client.chat.completions.create(**kw)
+        except self._openai.BadRequestError as e:
+            if "max_completion_tokens" not in str(e.message) or "max_tokens" not in kw:
+                raise
+            self._max_key = "max_completion_tokens"  # the same request, the newer name
+            kw["max_completion_tokens"] = kw.pop("max_tokens")
+            with self._lock:
+                self.requests_sent += 1
+            return self._client.chat.completions.create(**kw)
 
     def _one(self, req: JudgeRequest) -> JudgeResponse:
         o = self._openai
@@ -275,10 +286,12 @@ class OpenAIJudge:
                     ) from None
                 err, last = e, "connection error"
             except o.APIStatusError as e:
+                msg = _first_line(e.message)
                 if e.status_code < 500 and e.status_code not in (408, 409):
+                    hint = " or pass --no-logprobs" if "logprobs" in msg else ""
                     raise _Fatal(
                         f"the judge endpoint {self.base_url} rejected the request (HTTP "
-                        f"{e.status_code}: {_first_line(e.message)}); check the judge options"
+                        f"{e.status_code}: {msg}); check the judge options{hint}"
                     ) from None
                 err, last = e, f"HTTP {e.status_code}"
             except (o.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:

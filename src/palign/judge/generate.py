@@ -45,8 +45,9 @@ class GenerateConfig:
         inventory: ``ipip-neo`` or ``sd3``.
         semantics: ``agreement`` or ``paper`` (the person's answers shown to the method and
             the target labels recorded for the judge).
-        seed: seed of every random choice (method fits and sampling: each person's
-            generation starts from this seed, so a resumed run equals an uninterrupted one).
+        seed: seed of every random choice (method fits; sampling starts each person from a
+            seed derived from it and the person's id, so a resumed run equals an
+            uninterrupted one).
         persons: person ids, in order.
         data: data folder given (None = default resolution).
         max_items: only this many test items, spread over the traits (None = all).
@@ -179,6 +180,13 @@ def generate_texts(
     return out
 
 
+def person_seed(seed: int, person_id: str) -> int:
+    """The sampling seed of one person: derived from the run's seed and the person's id."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{person_id}".encode()).hexdigest()[:8], 16)
+
+
 def person_rows(
     cfg: GenerateConfig,
     dataset: Dataset,
@@ -298,7 +306,7 @@ def run_generate(
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature,
                     top_p=cfg.top_p,
-                    seed=cfg.seed,
+                    seed=person_seed(cfg.seed, p.id),
                     batch_size=cfg.batch_size,
                 )
                 if method.person_independent:

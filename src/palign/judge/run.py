@@ -77,10 +77,14 @@ def judge_generations(
     gcfg, rows = load_generations(folder)
     if not rows:
         raise PalignError(f"{folder}/generations.jsonl is empty; rerun 'palign generate-eval'")
+    n_no_answer = sum(not r.get("answer") for r in rows)
+    rows = [r for r in rows if r.get("answer")]  # the person left it blank: no target value
+    if not rows:
+        raise PalignError(f"no generation in {folder} has a target answer to judge against")
     inv_traits = list(dict.fromkeys(r["trait"] for r in rows))
     reqs = [
         JudgeRequest(
-            prompts.rubric_prompt(r["statement"], r["answer_label"] or "Unknown", r["text"]),
+            prompts.rubric_prompt(r["statement"], r["answer_label"], r["text"]),
             prompts.SCORE_CHOICES,
             max_tokens,
             temperature,
@@ -134,6 +138,7 @@ def judge_generations(
             "(log-probabilities; only where the endpoint returned them)",
         },
         **summary,
+        "skipped_no_answer": n_no_answer,
         "requests": {
             "total": len(reqs),
             "cached": getattr(judge, "hits", 0) - hits0,
@@ -216,7 +221,9 @@ def judge_pairwise(
             )
     b_by = {(r["person"], r["item"]): r for r in rows_b}
     pairs = [
-        (a, b_by[(a["person"], a["item"])]) for a in rows_a if (a["person"], a["item"]) in b_by
+        (a, b_by[(a["person"], a["item"])])
+        for a in rows_a
+        if (a["person"], a["item"]) in b_by and a.get("answer")
     ]
     if not pairs:
         raise PalignError(
@@ -232,7 +239,7 @@ def judge_pairwise(
     }
     reqs = []
     for a, b in pairs:
-        label = a["answer_label"] or "Unknown"
+        label = a["answer_label"]
         prof = profiles[a["person"]]
         for first, second in ((a, b), (b, a)):
             reqs.append(
