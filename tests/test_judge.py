@@ -513,3 +513,35 @@ def test_request_object_is_the_cache_key(tmp_path: Path, monkeypatch) -> None:
     assert j.key(r) == j.key(JudgeRequest("p"))
     assert j.key(r) != j.key(JudgeRequest("p", temperature=0.5))
     assert j.key(r) != CachedJudge(OpenAIJudge("m2", "http://127.0.0.1:9/v1")).key(r)
+
+
+def test_rejections_are_one_line_errors(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, capsys
+) -> None:
+    url, state = srv
+    folder = _copy(gen_folders["vanilla"], tmp_path / "g")
+    base = rubric_handler()
+
+    def newer_model(body: dict[str, Any]) -> Reply:  # OpenAI's reasoning models
+        if "max_tokens" in body:
+            msg = "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens' instead."
+            return Reply(400, {"error": {"message": msg, "type": "invalid_request_error"}})
+        if body["model"] != "judge-a":
+            msg = f"The model `{body['model']}` does not exist"
+            return Reply(404, {"error": {"message": msg, "type": "invalid_request_error"}})
+        return base(body)
+
+    state.handler = newer_model
+    res = judge_generations(folder, _judge(url), progress=False)
+    assert res["requests"]["errors"] == 0 and res["unparsed_rate"] == 0
+    assert any("max_completion_tokens" in b for b in state.requests)
+    argv = ["judge", str(folder), "--base-url", url, "--quiet", "--no-cache"]
+    assert main([*argv, "--judge-model", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "answered 404 for model 'nope'" in err
+    state.handler = lambda body: Reply(
+        400, {"error": {"message": "logprobs are not supported", "type": "invalid_request_error"}}
+    )
+    assert main([*argv, "--judge-model", "judge-a"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 400" in err and "--no-logprobs" in err

@@ -89,3 +89,28 @@ def test_local_judge_cache_and_sampling(digit_lm: LoadedModel, tmp_path: Path, o
     # the same seed reproduces a sampled judgement without the cache
     c = LocalJudge(digit_lm, batch_size=4).complete_many(reqs)
     assert [r.text for r in c] == [r.text for r in a]
+
+
+def test_local_judge_equals_the_model_behind_palign_serve(
+    digit_lm: LoadedModel, tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """The same model judged in-process and through palign's own OpenAI-compatible server."""
+    pytest.importorskip("fastapi")
+    from palign.judge.client import OpenAIJudge
+    from palign.serve import create_app
+    from palign.serve.app import ServeConfig
+    from palign.serve.testing import serve_in_thread
+
+    reqs = [JudgeRequest(f"Rate answer {k}, please.", max_tokens=6) for k in range(3)]
+    local = LocalJudge(digit_lm, batch_size=3).complete_many(reqs)
+    monkeypatch.setenv("PALIGN_JUDGE_API_KEY", "sk-local")
+    app = create_app(digit_lm, config=ServeConfig(served_model_name="digits", api_key="sk-local"))
+    with serve_in_thread(app) as url:
+        remote = OpenAIJudge("digits", url, retries=0).complete_many(reqs)
+    for a, b in zip(local, remote):
+        assert b.error is None and a.text == b.text
+        da = choice_distribution(a.candidates, "123456")
+        db = choice_distribution(b.candidates, "123456")
+        assert da is not None and db is not None
+        for c in "123456":
+            assert da[0][c] == pytest.approx(db[0][c], abs=1e-4)
