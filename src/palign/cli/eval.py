@@ -196,7 +196,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "configuration.",
     )
     p.add_argument(
-        "--method", required=True, help="vanilla, few-shot, personality-prompt, pas, pas+few-shot"
+        "--method",
+        required=True,
+        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot, dpo, grpo (training "
+        "baselines: LoRA adapters under OUT/adapters; ppo is unavailable with TRL 1.x)",
     )
     add_model_args(p)
     who = p.add_mutually_exclusive_group()

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,7 +69,9 @@ def quiet_libraries(progress: bool = True) -> Iterator[None]:
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"
     try:
-        yield
+        with warnings.catch_warnings():  # transformers' deprecation notices inside TRL
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
     finally:
         transformers.logging.set_verbosity(level)
         if bars:
