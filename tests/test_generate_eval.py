@@ -219,3 +219,45 @@ def test_real_model_generate_and_local_judge(tmp_path: Path, papi_dir: Path, cap
     items = read_jsonl(out / "judge" / "local-smollm2.jsonl")
     assert j["items_file"].endswith("local-smollm2.jsonl") and len(items) == 2
     assert all(i["judgement"] for i in items) and j["unparsed_rate"] is not None
+
+
+def test_lora_methods_generate_with_their_adapter(
+    tmp_path: Path, papi: Dataset, tiny_lm: LoadedModel, one_thread
+) -> None:
+    """Training baselines (Aligned.lora) answer with the person's LoRA adapter active."""
+    peft = pytest.importorskip("peft")
+    from palign.methods.base import Aligned, Method
+
+    model = copy.deepcopy(tiny_lm.model)
+    torch.manual_seed(0)
+    cfg = peft.LoraConfig(
+        r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    pm = peft.get_peft_model(model, cfg)
+    pm.save_pretrained(tmp_path / "lora")
+    merged = pm.merge_and_unload()
+
+    class WithLora(Method):
+        name = "with-lora"
+
+        def fit(self, lm, dataset, person):  # noqa: ANN001, ANN201
+            return Aligned(person.id, None, lora=str(tmp_path / "lora"))
+
+    ds = small(papi, 2)
+    base = {"model": "tiny", "persons": [ds.persons[0].id], "max_new_tokens": 6, "temperature": 0.0}
+    run_generate(
+        GenerateConfig("with-lora", **base),
+        tmp_path / "g",
+        lm=tiny_lm,
+        dataset=ds,
+        method=WithLora(),
+        progress=False,
+    )
+    rows = read_jsonl(tmp_path / "g" / "generations.jsonl")
+    assert all(r["lora"] for r in rows)
+    lm_m = LoadedModel(merged, tiny_lm.tokenizer, "m", "m", None, tiny_lm.device, tiny_lm.dtype)
+    want = generate_texts(lm_m, None, [r["question"] for r in rows], max_new_tokens=6)
+    plain = generate_texts(tiny_lm, None, [r["question"] for r in rows], max_new_tokens=6)
+    assert [r["text"] for r in rows] == want != plain
+    # the adapter is gone afterwards
+    assert generate_texts(tiny_lm, None, [rows[0]["question"]], max_new_tokens=6) == plain[:1]

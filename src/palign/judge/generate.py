@@ -3,7 +3,8 @@
 For each person and test statement (or ``max_items`` of them spread over the traits) the
 aligned model (any registered method) answers :data:`palign.judge.prompts.QUESTION_TEMPLATE`
 in free text. Steering methods are applied at every position of every forward (the paper's
-o_proj-bias semantics) unless the aligned state says otherwise (``steer_position``).
+o_proj-bias semantics) unless the aligned state says otherwise (``steer_position``);
+training baselines (``Aligned.lora``) generate with their LoRA adapter active.
 
 A run folder holds ``config.json`` (written first; a different configuration in the same
 folder is refused), ``persons/<id>.jsonl`` (one line per item, each person's file written
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +183,18 @@ def generate_texts(
     return out
 
 
+@contextmanager
+def _lora(lm: LoadedModel, folder: str | None) -> Iterator[None]:
+    """The person's LoRA adapter active inside the block (no-op without one)."""
+    if not folder:
+        yield
+        return
+    from palign.train.lora import active_lora
+
+    with active_lora(lm, folder):
+        yield
+
+
 def person_seed(seed: int, person_id: str) -> int:
     """The sampling seed of one person: derived from the run's seed and the person's id."""
     import hashlib
@@ -217,6 +232,7 @@ def person_rows(
                 "steer_position": getattr(aligned, "steer_position", "all")
                 if aligned.steering is not None
                 else None,
+                "lora": bool(getattr(aligned, "lora", None)),
             }
         )
     return rows
@@ -297,18 +313,19 @@ def run_generate(
                 a, texts = shared
             else:
                 a = method.fit_many(lm, dataset, [p])[0]
-                texts = generate_texts(
-                    lm,
-                    a.system_prompt,
-                    questions,
-                    steering=a.steering,
-                    position=getattr(a, "steer_position", "all"),
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    seed=person_seed(cfg.seed, p.id),
-                    batch_size=cfg.batch_size,
-                )
+                with _lora(lm, getattr(a, "lora", None)):  # training baselines (DPO...)
+                    texts = generate_texts(
+                        lm,
+                        a.system_prompt,
+                        questions,
+                        steering=a.steering,
+                        position=getattr(a, "steer_position", "all"),
+                        max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature,
+                        top_p=cfg.top_p,
+                        seed=person_seed(cfg.seed, p.id),
+                        batch_size=cfg.batch_size,
+                    )
                 if method.person_independent:
                     shared = (a, texts)
             rows = person_rows(cfg, dataset, p, a, item_ids, texts)
