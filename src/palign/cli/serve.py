@@ -30,8 +30,6 @@ def cmd_serve(args: argparse.Namespace) -> None:
             f"palign serve needs the serve extra ({e.name} is missing); "
             "install it with pip install 'palign[serve]'"
         ) from None
-    if args.load_in_4bit:
-        raise PalignError("palign serve does not take --load-in-4bit yet; serve a 16/32-bit model")
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_mb <= 0:
         raise PalignError("--max-batch must be >= 1, --max-queue >= 0, --max-body-mb > 0")
     if not (0 <= args.port < 65536):

@@ -275,6 +275,7 @@ def create_app(
     *,
     device: str = "auto",
     dtype: str = "auto",
+    load_in_4bit: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` and the PAS adapters in ``adapters``.
 
@@ -284,12 +285,17 @@ def create_app(
         config: server options (:class:`ServeConfig`).
         device: device when loading ``model`` from a spec.
         dtype: dtype when loading ``model`` from a spec.
+        load_in_4bit: 4-bit weights when loading ``model`` from a spec (CUDA, bitsandbytes).
 
     The engine thread starts with the app (its lifespan) and stops with it. Run it with
     uvicorn (``palign serve``) or :func:`palign.serve.testing.serve_in_thread`.
     """
     config = config or ServeConfig()
-    lm = model if isinstance(model, LoadedModel) else load_model(model, device=device, dtype=dtype)
+    lm = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(model, device=device, dtype=dtype, load_in_4bit=load_in_4bit)
+    )
     server = PalignServer(lm, config)
     for path in adapters:
         server.registry.load_dir(path)
