@@ -105,7 +105,9 @@ def run_eval_ray(
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kw: dict[str, Any] = {"log_to_driver": False}
+        if address is None:  # a new local instance (an existing cluster refuses these)
+            kw["include_dashboard"] = False
         kw.update(ray_init or {})
         try:
             ray.init(address=address, **kw)
