@@ -381,7 +381,7 @@ def test_personalities_upload_and_delete(
         "adapter.safetensors": files["adapter.safetensors"],
     }
     r = httpx.post(f"{url}/personalities", json={"name": "dave", "files": peft})
-    assert r.status_code == 400 and "PEFT" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "does not match" in r.json()["error"]["message"]
     r = httpx.post(f"{url}/personalities", json={"name": "bad name!", "files": files})
     assert r.status_code == 400
     assert httpx.delete(f"{url}/personalities/carol").status_code == 200
@@ -422,3 +422,93 @@ def test_personality_from_answers(
     ref = load_adapter(tmp_path / "cli")
     assert served.fit.heads == ref.fit.heads and served.alpha == ref.alpha
     torch.testing.assert_close(served.u_unit, ref.u_unit)
+
+
+def make_lora(lm: LoadedModel, folder: Path, seed: int = 5) -> torch.nn.Module:
+    """A random PEFT LoRA adapter on a copy of ``lm.model``; returns the PEFT model."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], lora_dropout=0.0,
+        init_lora_weights=False, task_type="CAUSAL_LM",
+    )  # fmt: skip
+    pm = get_peft_model(copy.deepcopy(lm.model), cfg).eval()
+    pm.save_pretrained(str(folder))
+    return pm
+
+
+def test_lora_personality_mixed_with_pas(
+    tiny_lm: LoadedModel, adapters_dir: Path, tmp_path: Path
+) -> None:
+    """A PEFT LoRA adapter served per row equals PEFT's own model, alone and in a mixed batch."""
+    pm = make_lora(tiny_lm, tmp_path / "lora-bob")
+    cfg = ServeConfig(served_model_name="tiny", threads=1)
+    app = create_app(tiny_lm, [adapters_dir, tmp_path / "lora-bob"], cfg)
+    text = "What would you do on a rainy Sunday?"
+    ids = chat_ids(tiny_lm, msgs(text))
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        ref = pm.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=10,
+                          do_sample=False, eos_token_id=None)  # fmt: skip
+    want = tiny_lm.tokenizer.decode(ref[0, len(ids) :], skip_special_tokens=True)
+    with serve_in_thread(app) as url:
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        card = c.models.retrieve("tiny:lora-bob")
+        assert card.model_extra["palign"]["kind"] == "lora"
+
+        def ask(model: str) -> str:
+            r = c.chat.completions.create(
+                model=model, messages=msgs(text), max_tokens=10, temperature=0
+            )
+            return r.choices[0].message.content
+
+        solo = {m: ask(m) for m in ("tiny", "tiny:alice", "tiny:lora-bob")}
+        assert solo["tiny:lora-bob"] == want and len(set(solo.values())) == 3
+        eng = app.state.palign.engine
+        order = ["tiny:lora-bob", "tiny", "tiny:alice", "tiny:lora-bob", "tiny:alice", "tiny"]
+        out: dict[int, str] = {}
+        with eng.model_lock:
+            ts = [threading.Thread(target=lambda k=k: out.__setitem__(k, ask(order[k])))
+                  for k in range(len(order))]  # fmt: skip
+            for t in ts:
+                t.start()
+            t0 = time.monotonic()
+            while eng.load["waiting"] < len(order) - 1 and time.monotonic() - t0 < 20:
+                time.sleep(0.01)
+        for t in ts:
+            t.join(60)
+        assert [out[k] for k in range(len(order))] == [solo[m] for m in order]
+        assert eng.stats["max_rows"] >= len(order) - 1
+        with pytest.raises(openai.BadRequestError):
+            c.chat.completions.create(
+                model="tiny:lora-bob", messages=msgs("x"), extra_body={"alpha": 2}
+            )
+        # upload of the same LoRA files under another name
+        files = {
+            f.name: base64.b64encode(f.read_bytes()).decode()
+            for f in (tmp_path / "lora-bob").iterdir()
+            if f.is_file() and f.name != "README.md"
+        }
+        r = httpx.post(f"{url}/personalities", json={"name": "lora2", "files": files})
+        assert r.status_code == 201, r.text
+        assert ask("tiny:lora2") == want
+
+
+def test_lora_refusals(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    from palign.errors import PalignError
+    from palign.serve.lora import load_lora
+
+    make_lora(tiny_lm, tmp_path / "l")
+    assert set(load_lora(tmp_path / "l", tiny_lm.model).layers) == {
+        f"model.layers.{i}.self_attn.{m}" for i in range(2) for m in ("q_proj", "v_proj", "o_proj")
+    }
+    cfg_path = tmp_path / "l" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key, value, needle in [("use_dora", True, "use_dora"), ("bias", "all", "bias"),
+                               ("r", 3, "do not fit")]:  # fmt: skip
+        cfg_path.write_text(json.dumps({**cfg, key: value}))
+        with pytest.raises(PalignError, match=needle):
+            load_lora(tmp_path / "l", tiny_lm.model)

@@ -106,8 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adapters",
         action="append",
         metavar="DIR",
-        help="an adapter folder, or a folder of adapter folders (each served under its folder "
-        "name); repeatable",
+        help="a PAS or PEFT LoRA adapter folder, or a folder of adapter folders (each served "
+        "under its folder name); repeatable",
     )
     p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1: loopback)")
     p.add_argument("--port", type=int, default=8000)

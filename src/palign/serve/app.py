@@ -38,6 +38,7 @@ from palign.chat import chat_ids
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel, load_model
 from palign.serve.engine import Completion, Engine, Event, Overloaded, SamplingParams, TokenInfo
+from palign.serve.lora import LORA_WEIGHTS
 from palign.serve.protocol import (
     APIError,
     ChatCompletionRequest,
@@ -46,7 +47,7 @@ from palign.serve.protocol import (
     error_body,
 )
 from palign.serve.registry import Personality, Registry, adapter_kind
-from palign.steering.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, load_adapter
+from palign.steering.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 __all__ = ["PalignServer", "ServeConfig", "create_app"]
 
@@ -404,6 +405,15 @@ def create_app(
                     param="alpha",
                 )
             return {"u": None, "position": req.steer_position or "all"}
+        if p.lora is not None:
+            if req.alpha is not None or req.steer_position is not None:
+                raise APIError(
+                    400,
+                    f"alpha and steer_position apply to PAS personalities; {p.name} is a LoRA "
+                    "adapter",
+                    param="alpha" if req.alpha is not None else "steer_position",
+                )
+            return {"u": None, "position": "all", "lora": p.lora}
         return {"u": p.u(req.alpha), "position": req.steer_position or p.position}
 
     @app.post("/v1/chat/completions")
@@ -631,13 +641,15 @@ def create_app(
         staging = Path(tempfile.mkdtemp(prefix=f".{body.name}.", dir=server.upload_dir))
         try:
             if body.files is not None:
-                allowed = {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
-                bad = sorted(set(body.files) - allowed)
-                if bad or set(body.files) != allowed:
+                names = set(body.files)
+                pas_files = {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
+                lora_files = {ADAPTER_CONFIG, LORA_WEIGHTS}
+                if names != pas_files and names - {"palign_train.json"} != lora_files:
                     raise APIError(
                         400,
-                        f"files must be exactly {sorted(allowed)} (base64); got "
-                        f"{sorted(body.files)}",
+                        f"files must be {sorted(pas_files)} (a PAS adapter) or "
+                        f"{sorted(lora_files)} [+ palign_train.json] (a PEFT LoRA adapter), as "
+                        f"base64; got {sorted(names)}",
                         param="files",
                     )
                 for fname, b64 in body.files.items():
@@ -648,20 +660,16 @@ def create_app(
                             400, f"files[{fname!r}] is not valid base64", param="files"
                         ) from None
                     (staging / fname).write_bytes(data)
-                if adapter_kind(staging) == "peft":
+                kind = adapter_kind(staging)
+                if (kind == "peft") != (LORA_WEIGHTS in names):
                     raise APIError(
                         400,
-                        "PEFT (LoRA) adapters are not served yet; palign serve "
-                        "serves PAS adapters (merge a LoRA into the base model and "
-                        "serve that model)",
+                        "adapter_config.json does not match the weights file (a PAS config "
+                        "goes with adapter.safetensors, a PEFT config with "
+                        "adapter_model.safetensors)",
                         param="files",
-                        code="unsupported_adapter",
                     )
-
-                def check() -> None:
-                    load_adapter(staging, server.lm, force=server.config.force)
-
-                await run_in_threadpool(check)
+                await run_in_threadpool(server.registry.check, staging)
             else:
                 from palign.serve.align import align_answers
 
@@ -703,7 +711,7 @@ def create_app(
                 param="name",
                 code="model_not_found",
             )
-        path = p.adapter.path
+        path = p.path
         if path is not None and Path(path).resolve().parent == server.upload_dir:
             shutil.rmtree(path, ignore_errors=True)
         return {"id": f"{server.base}:{name}", "object": "model", "deleted": True}

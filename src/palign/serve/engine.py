@@ -21,6 +21,7 @@ The loop (one background thread):
 Steering uses :func:`palign.steering.steer` twice around each forward: one hook set for
 rows steered at ``"all"`` positions (the paper's o_proj bias: every prompt and generated
 position) and one for rows steered at the ``"last"`` position; a row is zero in the other.
+Rows with a PEFT LoRA adapter get its terms through :func:`palign.serve.lora.lora_rows`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel
+from palign.serve.lora import lora_rows
 from palign.steering.arch import resolve_arch
 from palign.steering.intervene import steer
 
@@ -136,6 +138,7 @@ class _Seq:
         sink: Sink,
         index: int,
         stream: bool,
+        lora: Any = None,
     ) -> None:
         self.id = next(self._ids)
         self.engine = engine
@@ -146,6 +149,7 @@ class _Seq:
         self.sink = sink
         self.index = index
         self.stream = stream
+        self.lora = lora
         self.cancelled = False
         self.finished = False
         self.out_ids: list[int] = []
@@ -398,8 +402,12 @@ class Engine:
         position: str = "all",
         n: int = 1,
         stream: bool = False,
+        lora: Any = None,
     ) -> list[Any]:
         """Queue ``n`` sequences per prompt; events go to ``sink`` (from the engine thread).
+
+        ``u`` (PAS steering vectors) and ``lora`` (a :class:`palign.serve.lora.LoraAdapter`)
+        apply to these sequences only.
 
         Sequence ``i * n + j`` (prompt ``i``, choice ``j``) reports with ``index`` ``i*n+j``
         and, when sampling with a ``seed``, draws from a generator seeded ``seed + j``.
@@ -435,7 +443,7 @@ class Engine:
                 p = params
                 if n > 1 and params.seed is not None:
                     p = SamplingParams(**{**params.__dict__, "seed": params.seed + j})
-                seqs.append(_Seq(self, list(ids), p, u, position, sink, i * n + j, stream))
+                seqs.append(_Seq(self, list(ids), p, u, position, sink, i * n + j, stream, lora))
         with self._cond:
             if self._stopping:
                 raise Overloaded("the server is shutting down")
@@ -466,11 +474,12 @@ class Engine:
         position: str = "all",
         n: int = 1,
         timeout: float | None = None,
+        lora: Any = None,
     ) -> list[Completion]:
         """Blocking: the completions of ``prompts`` (``n`` each), in index order."""
         params = params or SamplingParams()
         q: queue.Queue[Event] = queue.Queue()
-        handles = self.submit(prompts, params, q.put, u=u, position=position, n=n)
+        handles = self.submit(prompts, params, q.put, u=u, position=position, n=n, lora=lora)
         out: dict[int, Completion] = {}
         try:
             while len(out) < len(handles):
@@ -539,11 +548,12 @@ class Engine:
             out[pos] = torch.stack([r if r is not None else zero for r in rows])
         return out
 
-    def _forward(self, u: dict[str, torch.Tensor | None], **kw: Any) -> Any:
+    def _forward(self, u: dict[str, torch.Tensor | None], rows: Sequence[_Seq], **kw: Any) -> Any:
         self.stats["forwards"] += 1
         with (
             steer(self.model, u["all"], position="all", arch=self.arch),
             steer(self.model, u["last"], position="last", arch=self.arch),
+            lora_rows(self.model, [s.lora for s in rows]),
         ):
             return self.model(use_cache=True, **kw)
 
@@ -560,6 +570,7 @@ class Engine:
         want_prompt = any(s.params.prompt_logprobs for s in new)
         out = self._forward(
             self._steer_rows(new),
+            new,
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
@@ -649,6 +660,7 @@ class Engine:
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], 1)
         out = self._forward(
             self._u,
+            rows,
             input_ids=ids,
             attention_mask=self._mask,
             position_ids=pos,

@@ -194,7 +194,8 @@ class PersonalityRequest(_Base):
     """``POST /v1/personalities``: register an adapter (files as base64) or align answers.
 
     Exactly one of ``files`` (``{"adapter_config.json": b64, "adapter.safetensors": b64}``,
-    a PAS adapter folder's files) or ``answers`` (``{item id: 1..5}``, a palign answers
+    a PAS adapter folder's files; or a PEFT LoRA folder's ``adapter_config.json`` +
+    ``adapter_model.safetensors``) or ``answers`` (``{item id: 1..5}``, a palign answers
     file's content, aligned on the fly with PAS on the served base model).
     """
 

@@ -1,6 +1,7 @@
 """The personalities a server knows: PAS adapters fitted for its base model, by name.
 
-A personality is served as the model ``<base>:<name>`` (vLLM's multi-LoRA naming, where
+A personality (a PAS adapter, or a PEFT LoRA adapter of the training baselines) is served as
+the model ``<base>:<name>`` (vLLM's multi-LoRA naming, where
 ``model`` selects the adapter); the bare ``<base>`` is the unsteered model. Adapters come
 from folders at start (``palign serve --adapters DIR``: an adapter folder, or a folder of
 adapter folders, each named by its folder) and at run time (``POST /v1/personalities``).
@@ -20,6 +21,7 @@ import torch
 
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel
+from palign.serve.lora import LoraAdapter, load_lora
 from palign.steering.adapter import ADAPTER_CONFIG, PASAdapter, load_adapter
 
 __all__ = ["NAME_RE", "Personality", "Registry", "adapter_kind"]
@@ -33,28 +35,53 @@ class Personality:
 
     Attributes:
         name: the personality name (model id ``<base>:<name>``).
-        adapter: the PAS adapter.
-        alpha: default steering strength (the adapter's fitted alpha).
+        adapter: the PAS adapter (None for a LoRA personality).
+        alpha: default steering strength (the adapter's fitted alpha; 0 for LoRA).
         position: default steering position (the adapter's ``steer_position``, else "all").
         system_prompt: system turn added to chats without one (the adapter's recorded one).
         created: unix time of registration.
     """
 
     name: str
-    adapter: PASAdapter
+    adapter: PASAdapter | None
     alpha: float
     position: str = "all"
     system_prompt: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    lora: LoraAdapter | None = None
 
-    def u(self, alpha: float | None = None) -> torch.Tensor:
+    @property
+    def kind(self) -> str:
+        """``"pas"`` or ``"lora"``."""
+        return "lora" if self.lora is not None else "pas"
+
+    @property
+    def path(self) -> Path | None:
+        """The adapter folder."""
+        return self.lora.path if self.lora is not None else (self.adapter and self.adapter.path)
+
+    def u(self, alpha: float | None = None) -> torch.Tensor | None:
         """Steering vectors ``(n_layers, hidden)`` at ``alpha`` (default: the fitted one)."""
+        if self.adapter is None:
+            return None
         return self.adapter.u_at(self.alpha if alpha is None else alpha)
 
     def info(self) -> dict[str, Any]:
         """A JSON summary (for ``GET /v1/models``)."""
+        if self.lora is not None:
+            meta = _lora_meta(self.lora.path)
+            return {
+                "kind": "lora",
+                "person": meta.get("person"),
+                "method": meta.get("method"),
+                "rank": self.lora.rank,
+                "modules": len(self.lora.layers),
+                "path": str(self.lora.path),
+            }
+        assert self.adapter is not None
         cfg = self.adapter.config
         return {
+            "kind": "pas",
             "person": cfg.get("person"),
             "method": (cfg.get("extra") or {}).get("method", cfg.get("method")),
             "alpha": self.alpha,
@@ -63,6 +90,14 @@ class Personality:
             "inventory": cfg.get("inventory"),
             "path": str(self.adapter.path) if self.adapter.path else None,
         }
+
+
+def _lora_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / "palign_train.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def adapter_kind(folder: Path) -> str:
@@ -117,9 +152,11 @@ class Registry:
     ) -> Personality:
         """Load the adapter folder ``folder`` and register it as ``name`` (default: folder name).
 
+        PAS adapters and PEFT LoRA adapters (the training baselines') are accepted.
+
         Raises:
-            PalignError: bad name, existing name (unless ``replace``), not a PAS adapter
-                (PEFT LoRA adapters are named as not yet served), or fitted for another model.
+            PalignError: bad name, existing name (unless ``replace``), not an adapter palign
+                can serve, or fitted for another model.
         """
         folder = Path(folder)
         name = name or folder.name
@@ -128,12 +165,26 @@ class Registry:
                 f"personality name {name!r} is not allowed; use letters, digits, '.', '_' or "
                 "'-' (at most 64, starting with a letter or digit)"
             )
-        kind = adapter_kind(folder)
-        if kind == "peft":
-            raise PalignError(
-                f"{folder} is a PEFT (LoRA) adapter; palign serve serves PAS adapters only for "
-                "now; merge it into the base model (peft merge_and_unload) and serve that model"
+        if adapter_kind(folder) == "peft":
+            lora = load_lora(folder, self.lm.model)
+            meta = _lora_meta(folder)
+            base = (
+                (meta.get("base_model") or {}) if isinstance(meta.get("base_model"), dict) else {}
             )
+            want = base.get("id") or meta.get("model_id")
+            if want and self.lm.model_id and want != self.lm.model_id and not self.force:
+                raise PalignError(
+                    f"LoRA adapter {folder} was trained on {want} but the served model is "
+                    f"{self.lm.model_id}; serve that model, or pass --force"
+                )
+            pl = Personality(name=name, adapter=None, alpha=0.0, lora=lora)
+            with self._lock:
+                if name in self._items and not replace:
+                    raise PalignError(
+                        f"personality {name!r} exists; delete it first or pass replace"
+                    )
+                self._items[name] = pl
+            return pl
         adapter = load_adapter(folder, self.lm, force=self.force)
         cfg = adapter.config
         position = cfg.get("steer_position") or "all"
@@ -152,6 +203,14 @@ class Registry:
                 raise PalignError(f"personality {name!r} exists; delete it first or pass replace")
             self._items[name] = p
         return p
+
+    def check(self, folder: str | Path) -> None:
+        """Load ``folder`` as :meth:`load` would, without registering it (errors alike)."""
+        folder = Path(folder)
+        if adapter_kind(folder) == "peft":
+            load_lora(folder, self.lm.model)
+        else:
+            load_adapter(folder, self.lm, force=self.force)
 
     def load_dir(self, path: str | Path) -> list[Personality]:
         """Register ``path`` (an adapter folder) or every adapter folder inside it.
