@@ -103,6 +103,21 @@ def test_workers_without_ray_is_one_line_error(
     assert not out.exists()
 
 
+def test_unreachable_ray_address_fails_fast() -> None:
+    import socket
+
+    from palign.errors import PalignError
+    from palign.scale.driver import check_reachable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for addr in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(PalignError, match=f"cannot reach Ray at {addr} .*ray start --head"):
+            check_reachable(addr, timeout=2)
+    check_reachable("auto")  # left to Ray
+
+
 def test_cli_workers_equal_single_process(
     tmp_path: Path, papi_dir: Path, model_copy: Path, ray_session, capsys
 ) -> None:

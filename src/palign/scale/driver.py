@@ -31,6 +31,28 @@ def require_ray() -> Any:
     return ray
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (one line) when a ``host:port`` / ``ray://host:port`` address does not answer.
+
+    Ray itself retries an unreachable head for minutes; ``auto`` and other forms are left
+    to Ray.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise PalignError(
+            f"cannot reach Ray at {address} ({e.strerror or type(e).__name__}); start the "
+            "cluster (ray start --head) or fix --ray-address (e.g. ray://HEAD:10001 or auto)"
+        ) from None
+
+
 @dataclass
 class _Slot:
     """One worker position: its current actor and the person groups dealt to it."""
@@ -109,6 +131,8 @@ def run_eval_ray(
         if address is None:  # a new local instance (an existing cluster refuses these)
             kw["include_dashboard"] = False
         kw.update(ray_init or {})
+        if address:
+            check_reachable(address)
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, ValueError, RuntimeError) as e:
