@@ -149,7 +149,6 @@ def test_mixed_batch_equals_solo(server, tiny_lm: LoadedModel) -> None:  # type:
 
     solo = [ask(*r) for r in reqs]
     eng = srv.engine
-    before = dict(eng.stats)
     out: dict[int, str] = {}
     with eng.model_lock:  # hold the engine until every request waits, then let go at once
         threads = [
@@ -165,7 +164,6 @@ def test_mixed_batch_equals_solo(server, tiny_lm: LoadedModel) -> None:  # type:
         t.join(60)
     assert [out[k] for k in range(len(reqs))] == solo
     assert eng.stats["max_rows"] >= len(reqs) - 1  # they did share forward passes
-    assert eng.stats["merges"] > before["merges"]  # and a running batch took new rows
     assert len(set(solo)) > 3
 
 
