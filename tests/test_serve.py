@@ -319,14 +319,20 @@ def test_overload_503_and_api_key(tiny_lm: LoadedModel, adapters_dir: Path) -> N
             except openai.APIStatusError as err:
                 codes.append(err.status_code)
 
+        def wait(cond) -> None:  # type: ignore[no-untyped-def]
+            t0 = time.monotonic()
+            while not cond() and time.monotonic() - t0 < 20:
+                time.sleep(0.005)
+
+        admitted = eng.stats["admitted"]
         with eng.model_lock:  # the engine is busy: one slot taken, the queue holds nothing more
             ts = [threading.Thread(target=ask) for _ in range(3)]
-            for t in ts:
-                t.start()
-                time.sleep(0.3)
-            t0 = time.monotonic()
-            while len(codes) < 1 and time.monotonic() - t0 < 10:
-                time.sleep(0.01)
+            ts[0].start()
+            wait(lambda: eng.stats["admitted"] > admitted)  # in the (only) slot
+            ts[1].start()
+            wait(lambda: eng.load["waiting"] == 1)  # waits for the slot: the queue is full now
+            ts[2].start()
+            wait(lambda: len(codes) == 1)
         for t in ts:
             t.join(30)
         assert sorted(codes) == [200, 200, 503]

@@ -349,6 +349,7 @@ class Engine:
             "max_rows": 0,
             "merges": 0,
             "cancelled": 0,
+            "admitted": 0,
         }
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -511,6 +512,7 @@ class Engine:
                             s = self._pending.popleft()
                             if not s.cancelled:
                                 new.append(s)
+                    self.stats["admitted"] += len(new)
                 try:
                     with self.model_lock:
                         if new:
