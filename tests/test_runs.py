@@ -238,3 +238,25 @@ def test_real_model_eval_two_persons(tmp_path: Path, papi_dir: Path, capsys) -> 
         assert main(argv) == 0  # resumes: nothing to recompute
         d2 = json.loads(capsys.readouterr().out)
         assert d2["report"] == d["report"] and (out / "persons").stat().st_mtime_ns == mtime
+
+
+def test_resume_refuses_other_weights_at_the_same_path(tmp_path, papi, tiny_lm) -> None:
+    """A run folder written with one set of weights is not resumed with retrained weights at
+    the same model path (the weights fingerprint is recorded when the folder is claimed)."""
+    import dataclasses
+
+    from palign.errors import PalignError
+    from palign.eval.runs import RunConfig, run_eval
+
+    ids = [p.id for p in papi.persons[:2]]
+    lm = dataclasses.replace(tiny_lm, weights_fingerprint="aaa")
+    cfg = RunConfig(method="vanilla", model="tiny", persons=ids[:1], max_items=2)
+    run_eval(cfg, tmp_path / "run", lm=lm, dataset=papi, progress=False)
+    cfg2 = RunConfig(method="vanilla", model="tiny", persons=ids, max_items=2)
+    run_eval(cfg2, tmp_path / "run", lm=lm, dataset=papi, progress=False)  # same weights: ok
+    other = dataclasses.replace(tiny_lm, weights_fingerprint="bbb")
+    cfg3 = RunConfig(
+        method="vanilla", model="tiny", persons=[*ids, papi.persons[2].id], max_items=2
+    )
+    with pytest.raises(PalignError, match="other weights"):
+        run_eval(cfg3, tmp_path / "run", lm=other, dataset=papi, progress=False)

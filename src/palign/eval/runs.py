@@ -230,8 +230,13 @@ def predict_aligned(
     return records
 
 
-def _check_config(out: Path, cfg: RunConfig, write: bool = True) -> None:
+def _check_config(
+    out: Path, cfg: RunConfig, write: bool = True, weights: str | None = None
+) -> None:
+    """Refuse a folder holding another configuration (or, given ``weights``, a run made
+    with other weights at the same model path); with ``write``, claim the folder."""
     path = out / "config.json"
+    old: dict[str, Any] = {}
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -248,8 +253,17 @@ def _check_config(out: Path, cfg: RunConfig, write: bool = True) -> None:
                 f"{out} holds a run with a different configuration ({', '.join(diff)}); "
                 f"use another --out or delete it"
             )
+        had = old.get("weights_fingerprint")
+        if weights and had and had != weights:
+            raise PalignError(
+                f"{out} was written with other weights for model {cfg.model!r} (the files "
+                "changed since: retrained or replaced); use another --out or delete it"
+            )
     if write:
-        write_json_atomic(path, {"identity": cfg.identity(), "config": asdict(cfg)})
+        rec: dict[str, Any] = {"identity": cfg.identity(), "config": asdict(cfg)}
+        if weights or old.get("weights_fingerprint"):
+            rec["weights_fingerprint"] = weights or old.get("weights_fingerprint")
+        write_json_atomic(path, rec)
 
 
 def load_person_results(out: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -415,7 +429,8 @@ def run_eval(
         np.random.seed(cfg.seed)
         t = time.perf_counter()
         method.setup(lm, dataset)
-        _check_config(out, cfg)  # the model loaded and the method is ready: claim the folder
+        # the model loaded and the method is ready: claim the folder (same weights only)
+        _check_config(out, cfg, weights=getattr(lm, "weights_fingerprint", None))
         t_setup = time.perf_counter() - t
         state: dict[str, Any] = {}
         bar = tqdm(
