@@ -359,6 +359,15 @@ def test_disconnect_frees_slot(server, client: openai.OpenAI) -> None:  # type: 
         time.sleep(0.02)
     assert eng.load == {"running": 0, "waiting": 0}
     assert eng.stats["cancelled"] == cancelled + 1  # dropped, not run to its 3000 tokens
+    # a non-streaming client that gives up (timeout closes the connection) frees its row too
+    body = {"model": "tiny:bob", "messages": msgs("Talk forever."), "max_tokens": 3000}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server[1]}/chat/completions", json=body, timeout=0.3)
+    t0 = time.monotonic()
+    while eng.load["running"] and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    assert eng.load == {"running": 0, "waiting": 0}
+    assert eng.stats["cancelled"] == cancelled + 2
 
 
 def test_personalities_upload_and_delete(

@@ -268,6 +268,59 @@ def _usage(prompt_tokens: int, comps: Sequence[Completion]) -> dict[str, int]:
     }
 
 
+class _Guard:
+    """ASGI middleware: bearer key on ``/v1`` (401) and the request size limit (413/411)."""
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app = app
+        self.config = config
+
+    def _refusal(self, scope: dict[str, Any]) -> JSONResponse | None:
+        config = self.config
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if config.api_key and scope["path"].startswith("/v1"):
+            auth = headers.get("authorization", "")
+            if not hmac.compare_digest(auth.encode(), f"Bearer {config.api_key}".encode()):
+                return JSONResponse(
+                    error_body(
+                        "missing or wrong API key; send Authorization: Bearer <key>",
+                        "authentication_error",
+                        code="invalid_api_key",
+                    ),
+                    status_code=401,
+                )
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            length = headers.get("content-length")
+            if length is None:
+                if headers.get("transfer-encoding"):
+                    return JSONResponse(
+                        error_body(
+                            "send a Content-Length header (no chunked bodies)",
+                            "invalid_request_error",
+                        ),
+                        status_code=411,
+                    )
+            elif not length.isdigit() or int(length) > config.max_body_bytes:
+                return JSONResponse(
+                    error_body(
+                        f"request body of {length} bytes exceeds the limit of "
+                        f"{config.max_body_bytes} bytes; send less (or raise --max-body-mb)",
+                        "invalid_request_error",
+                        code="payload_too_large",
+                    ),
+                    status_code=413,
+                )
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 # --- the app ---------------------------------------------------------------------------------
 def create_app(
     model: LoadedModel | str = "smollm2",
@@ -343,42 +396,8 @@ def create_app(
             status_code=500,
         )
 
-    # --- guard: api key and body size ---------------------------------------------------------
-    @app.middleware("http")
-    async def _guard(request: Request, call_next: Any) -> Any:
-        if config.api_key and request.url.path.startswith("/v1"):
-            auth = request.headers.get("authorization", "")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {config.api_key}".encode()):
-                return JSONResponse(
-                    error_body(
-                        "missing or wrong API key; send Authorization: Bearer <key>",
-                        "authentication_error",
-                        code="invalid_api_key",
-                    ),
-                    status_code=401,
-                )
-        if request.method in ("POST", "PUT", "PATCH"):
-            length = request.headers.get("content-length")
-            if length is None:
-                if request.headers.get("transfer-encoding"):
-                    return JSONResponse(
-                        error_body(
-                            "send a Content-Length header (no chunked bodies)",
-                            "invalid_request_error",
-                        ),
-                        status_code=411,
-                    )
-            elif not length.isdigit() or int(length) > config.max_body_bytes:
-                return JSONResponse(
-                    error_body(
-                        f"request body of {length} bytes exceeds the limit of "
-                        f"{config.max_body_bytes} bytes; send less (or raise --max-body-mb)",
-                        "invalid_request_error",
-                        code="payload_too_large",
-                    ),
-                    status_code=413,
-                )
-        return await call_next(request)
+    # --- guard: api key and body size (plain ASGI: keeps disconnect detection intact) ------
+    app.add_middleware(_Guard, config=config)
 
     # --- routes ----------------------------------------------------------------------------
     @app.get("/health")
