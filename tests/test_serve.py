@@ -181,6 +181,16 @@ def test_streaming(client: openai.OpenAI) -> None:
             finish = c.finish_reason or finish
     assert "".join(parts) == full
     assert finish == "length" and usage.completion_tokens == 15
+    lp = client.chat.completions.create(**kw, logprobs=True, top_logprobs=2).choices[0].logprobs
+    streamed_lp = [
+        t
+        for ch in client.chat.completions.create(**kw, stream=True, logprobs=True, top_logprobs=2)
+        for c in ch.choices
+        if c.logprobs is not None
+        for t in c.logprobs.content
+    ]
+    assert [(t.token, t.logprob) for t in streamed_lp] == [(t.token, t.logprob) for t in lp.content]
+    assert len(streamed_lp) == 15
     text = (
         client.completions.create(
             model="tiny:bob", prompt="Once upon a time", max_tokens=8, temperature=0
