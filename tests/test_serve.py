@@ -535,3 +535,16 @@ def test_lora_refusals(tiny_lm: LoadedModel, tmp_path: Path) -> None:
         cfg_path.write_text(json.dumps({**cfg, key: value}))
         with pytest.raises(PalignError, match=needle):
             load_lora(tmp_path / "l", tiny_lm.model)
+
+
+def test_completions_prompt_forms(client: openai.OpenAI, tiny_lm: LoadedModel) -> None:
+    ids = tiny_lm.tokenizer("Once upon a time").input_ids
+    kw = dict(model="tiny:alice", max_tokens=5, temperature=0)
+    by_text = client.completions.create(prompt="Once upon a time", **kw).choices[0].text
+    assert client.completions.create(prompt=ids, **kw).choices[0].text == by_text
+    r = client.completions.create(prompt=["Once upon a time", "Hello"], n=2, **kw)
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert r.choices[0].text == r.choices[1].text == by_text  # greedy: n copies
+    assert r.usage.prompt_tokens == len(ids) + len(tiny_lm.tokenizer("Hello").input_ids)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(prompt=[10**9], **kw)
