@@ -172,12 +172,12 @@ def test_cli_generate_then_local_judge(
 
 @pytest.mark.slow
 def test_real_model_generate_and_local_judge(tmp_path: Path, papi_dir: Path, capsys) -> None:
-    """The embedded SmolLM2 as generator (few-shot, 1 person, 2 items) and as local judge."""
+    """The embedded SmolLM2 as generator (vanilla, 1 person, 2 items) and as local judge."""
     out = tmp_path / "g"
     argv = [
         "generate-eval",
         "--method",
-        "few-shot",
+        "vanilla",
         "--persons",
         "1",
         "--max-items",
@@ -187,7 +187,7 @@ def test_real_model_generate_and_local_judge(tmp_path: Path, papi_dir: Path, cap
         "--out",
         str(out),
         "--max-new-tokens",
-        "24",
+        "16",
         "--quiet",
         "--format",
         "json",
@@ -205,7 +205,7 @@ def test_real_model_generate_and_local_judge(tmp_path: Path, papi_dir: Path, cap
                 "--judge-model",
                 "smollm2",
                 "--max-tokens",
-                "48",
+                "16",
                 "--quiet",
                 "--no-cache",
                 "--format",

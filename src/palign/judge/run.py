@@ -34,8 +34,13 @@ from palign.judge.parse import choice_distribution, parse_choice, parse_score, w
 RESULTS_FORMAT = 1
 
 
-def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, Any]:
-    """Mean with a Student-t interval (``lo``/``hi`` None below two values)."""
+def mean_ci(
+    values: list[float] | np.ndarray,
+    level: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Mean with a Student-t interval (``lo``/``hi`` None below two values), clipped to
+    ``bounds`` (the scale) when given."""
     from scipy import stats
 
     x = np.asarray(values, dtype=float)
@@ -46,7 +51,10 @@ def mean_ci(values: list[float] | np.ndarray, level: float = 0.95) -> dict[str, 
     if n < 2:
         return {"n": 1, "mean": round(m, 4), "lo": None, "hi": None}
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
-    return {"n": n, "mean": round(m, 4), "lo": round(m - half, 4), "hi": round(m + half, 4)}
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(bounds[0], lo), min(bounds[1], hi)
+    return {"n": n, "mean": round(m, 4), "lo": round(lo, 4), "hi": round(hi, 4)}
 
 
 def judge_slug(name: str) -> str:
@@ -170,8 +178,8 @@ def summarize_scores(items: list[dict[str, Any]], traits: list[str]) -> dict[str
             "n_items": len(sel),
             "unparsed": sum(i["score"] is None and i["error"] is None for i in sel),
             "errors": sum(i["error"] is not None for i in sel),
-            "score": mean_ci(scored),
-            "weighted": mean_ci(weighted),
+            "score": mean_ci(scored, bounds=(1.0, 6.0)),
+            "weighted": mean_ci(weighted, bounds=(1.0, 6.0)),
         }
     n = len(items)
     answered = [i for i in items if i["error"] is None]
@@ -280,10 +288,7 @@ def judge_pairwise(
         )
     scored = [i["a_wins"] for i in items if i["a_wins"] is not None]
     parsed = [c for i in items for c in (i["choice_a_first"], i["choice_b_first"]) if c]
-    wr = mean_ci(scored)
-    for k in ("lo", "hi"):
-        if wr[k] is not None:
-            wr[k] = min(1.0, max(0.0, wr[k]))
+    wr = mean_ci(scored, bounds=(0.0, 1.0))
     n_judged = sum(1 for r in resps if r.error is None)
     result = {
         "format": RESULTS_FORMAT,
