@@ -162,7 +162,7 @@ def test_dpo_adapter_files_and_base_restored(dpo_run: dict[str, Any], tiny_lm: L
     assert not any(isinstance(m, BaseTunerLayer) for m in tiny_lm.model.modules())
     after = tiny_lm.model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in dpo_run["before"].items())
-    assert not tiny_lm.model.training
+    assert not tiny_lm.model.training and "forward" not in tiny_lm.model.__dict__
 
 
 def test_no_test_item_reaches_the_trainer(dpo_run: dict[str, Any]) -> None:
