@@ -70,7 +70,7 @@ def test_counts_and_selection(big, papi: Dataset) -> None:
     assert info["scored_items"] == 180 and info["demographic_columns"] == DEMO
 
     # by id, in the order asked; answers equal the generating array (item Full# n = column n)
-    rows = [77_777, 3, 99_999]
+    rows = [50_000, 3, 7]  # the reader stops once all are found
     ds = read_full(path, inv, ids=[str(cases[r]) for r in rows])
     assert [p.id for p in ds.persons] == [str(cases[r]) for r in rows]
     for p, r in zip(ds.persons, rows):
@@ -87,7 +87,7 @@ def test_counts_and_selection(big, papi: Dataset) -> None:
     picks = sample_indices(N_ROWS, 20, seed=7)
     assert picks == sample_indices(N_ROWS, 20, seed=7) != sample_indices(N_ROWS, 20, seed=8)
     assert len(set(picks)) == 20 and picks == sorted(picks) and max(picks) < N_ROWS
-    got = [p.id for p in iter_persons(path, inv, sample=20, seed=7)]
+    got = [p.id for p in iter_persons(path, inv, sample=20, seed=7, n_rows=info["persons"])]
     assert got == [str(cases[r]) for r in picks]
     with pytest.raises(PalignError, match="exceeds the file's 100000 persons"):
         sample_indices(N_ROWS, N_ROWS + 1, seed=0)
@@ -201,6 +201,10 @@ def test_missing_file_and_cli_counts(tmp_path: Path, papi: Dataset, papi_dir: Pa
     header = ["case", *DEMO, *(f"i{n}" for n in range(1, 301))]
     rows = [[n, 1, 30, 1, 1, 1, 1, 1, 100, "USA", *([2] * 299 + [n % 2])] for n in range(1, 8)]
     path = write_csv(tmp_path / "MPI300.csv", header, rows)
+    picks = sample_indices(7, 3, seed=1)  # the reader counts the rows itself here
+    assert [p.id for p in iter_persons(path, papi.inventory, sample=3, seed=1)] == [
+        str(rows[k][0]) for k in picks
+    ]
     argv = ["data", "info", "--data", str(papi_dir), "--full", str(path), "--format", "json"]
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)

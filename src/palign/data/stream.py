@@ -237,13 +237,15 @@ def iter_persons(
     stop: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    n_rows: int | None = None,
 ) -> Iterator[Person]:
     """Stream the selected persons of a full-release file, in file order.
 
     Select at most one of: ``ids`` (person ids, the ``case`` column; all must exist),
     ``start``/``stop`` (data rows ``start`` .. ``stop - 1``, 0-based), ``sample`` (a seeded
-    uniform sample of that many rows: :func:`sample_indices`, a counting pass first). None:
-    every person.
+    uniform sample of that many rows: :func:`sample_indices`, after a counting pass unless
+    ``n_rows``, the file's row count, is given, e.g. from :func:`full_info`). None: every
+    person.
     """
     path = Path(path)
     modes = [ids is not None, start is not None or stop is not None, sample is not None]
@@ -260,7 +262,8 @@ def iter_persons(
             raise PalignError("no person ids given")
     picks: list[int] | None = None
     if sample is not None:
-        picks = sample_indices(count_rows(path, inventory), sample, seed)
+        total = n_rows if n_rows is not None else count_rows(path, inventory)
+        picks = sample_indices(total, sample, seed)
     lo = start or 0
     nxt = 0
     seen: set[str] = set()
@@ -305,12 +308,22 @@ def read_full(
     stop: int | None = None,
     sample: int | None = None,
     seed: int = 0,
+    n_rows: int | None = None,
 ) -> Dataset:
     """The selected persons of a full-release file as a :class:`Dataset` (see
     :func:`iter_persons` for the selection); ``inventory`` is the PAPI one
     (``load_dataset(...).inventory``)."""
     persons = list(
-        iter_persons(path, inventory, ids=ids, start=start, stop=stop, sample=sample, seed=seed)
+        iter_persons(
+            path,
+            inventory,
+            ids=ids,
+            start=start,
+            stop=stop,
+            sample=sample,
+            seed=seed,
+            n_rows=n_rows,
+        )
     )
     if not persons:
         raise PalignError(f"the selection from {path} is empty; check the row range")
