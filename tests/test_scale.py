@@ -83,6 +83,23 @@ def test_interleave_deals_by_count() -> None:
         interleave(3, 0)
 
 
+def test_worker_resources() -> None:
+    from palign.scale.driver import plan_workers
+
+    gpu = plan_workers({"CPU": 64, "GPU": 8}, "auto", None, n_groups=100, person_batch=16)
+    assert gpu["workers"] == 8 and gpu["options"] == {"num_gpus": 1, "num_cpus": 1}
+    assert gpu["threads"] is None and not gpu["notes"]
+    more = plan_workers({"CPU": 64, "GPU": 8}, "auto", 12, n_groups=100, person_batch=16)
+    assert more["workers"] == 8 and "room for 8" in more["notes"][0]
+    cpu = plan_workers({"CPU": 64, "GPU": 8}, "cpu", 3, n_groups=100, person_batch=4)
+    assert cpu["workers"] == 3 and cpu["options"] == {"num_cpus": 1} and cpu["threads"] == 1
+    few = plan_workers({"CPU": 2}, "auto", None, n_groups=1, person_batch=4)
+    assert few["workers"] == 1 and few["wanted"] == 2
+    assert few["notes"] == ["starting 1 of 2 workers: 1 person group(s) of --person-batch 4"]
+    fat = plan_workers({"CPU": 8}, "auto", 4, n_groups=10, person_batch=1, cpus_per_worker=4)
+    assert fat["workers"] == 2 and fat["threads"] == 4
+
+
 def test_workers_without_ray_is_one_line_error(
     tmp_path: Path, papi_dir: Path, monkeypatch, capsys
 ) -> None:

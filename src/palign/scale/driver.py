@@ -53,6 +53,46 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+def plan_workers(
+    resources: dict[str, float],
+    device: str,
+    workers: int | None,
+    n_groups: int,
+    person_batch: int,
+    cpus_per_worker: int = 1,
+) -> dict[str, Any]:
+    """How many actors to start and what each asks Ray for.
+
+    One GPU per actor when the cluster has GPUs and ``device`` is not ``cpu`` (default
+    count: one per GPU), else ``cpus_per_worker`` CPUs and as many torch threads (default
+    count: 2). Never more actors than person groups or than the cluster holds.
+
+    Returns ``workers``, ``wanted``, ``options`` (``actor.options`` keywords), ``threads``
+    (None on GPUs) and ``notes`` (why fewer start).
+    """
+    gpus = int(resources.get("GPU", 0))
+    if gpus >= 1 and device != "cpu":
+        capacity = gpus
+        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
+        threads = None
+        wanted = workers if workers is not None else gpus
+    else:
+        capacity = max(1, int(resources.get("CPU", 1)) // max(1, cpus_per_worker))
+        opts = {"num_cpus": cpus_per_worker}
+        threads = cpus_per_worker
+        wanted = workers if workers is not None else 2
+    n = min(wanted, n_groups, capacity)
+    notes = []
+    if n < wanted:
+        why = (
+            f"{n_groups} person group(s) of --person-batch {person_batch}"
+            if n_groups < wanted and n_groups <= capacity
+            else f"the cluster has room for {capacity}"
+        )
+        notes.append(f"starting {n} of {wanted} workers: {why}")
+    return {"workers": n, "wanted": wanted, "options": opts, "threads": threads, "notes": notes}
+
+
 @dataclass
 class _Slot:
     """One worker position: its current actor and the person groups dealt to it."""
@@ -142,29 +182,19 @@ def run_eval_ray(
                 "check --ray-address (e.g. ray://HEAD:10001 or auto)"
             ) from None
     t_ray = time.perf_counter() - t0
-    res = ray.cluster_resources()
-    gpus = int(res.get("GPU", 0))
-    use_gpu = gpus >= 1 and cfg.device != "cpu"
-    if use_gpu:
-        capacity = gpus
-        opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": 1}
-        threads = None
-    else:
-        capacity = max(1, int(res.get("CPU", 1)) // max(1, cpus_per_worker))
-        opts = {"num_cpus": cpus_per_worker}
-        threads = cpus_per_worker
-    wanted = workers if workers is not None else (gpus if use_gpu else 2)
-    n = min(wanted, len(chunks), capacity)
-    notes = []
-    if n < wanted:
-        why = (
-            f"{len(chunks)} person group(s) of --person-batch {cfg.person_batch}"
-            if len(chunks) < wanted
-            else f"the cluster has room for {capacity}"
-        )
-        notes.append(f"starting {n} of {wanted} workers: {why}")
-        if progress:
-            print(f"palign: note: {notes[-1]}", file=sys.stderr)
+    plan_w = plan_workers(
+        ray.cluster_resources(), cfg.device, workers, len(chunks), cfg.person_batch, cpus_per_worker
+    )
+    n, opts, threads, wanted, notes = (
+        plan_w["workers"],
+        plan_w["options"],
+        plan_w["threads"],
+        plan_w["wanted"],
+        plan_w["notes"],
+    )
+    if progress:
+        for note in notes:
+            print(f"palign: note: {note}", file=sys.stderr)
 
     remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(worker_cls or EvalWorker)
     base = _Dataset(plan.dataset.inventory, [], plan.dataset.source)
