@@ -244,7 +244,7 @@ def test_bad_input(tiny_lm: LoadedModel, tmp_path: Path, monkeypatch) -> None:
 
 
 def test_cli_options_and_chat(
-    dpo_run: dict[str, Any], tiny_folder: Path, papi_dir: Path, capsys
+    dpo_run: dict[str, Any], tiny_folder: Path, papi_dir: Path, capsys, monkeypatch
 ) -> None:
     from palign.chat import AlignedModel
     from palign.cli import main
@@ -266,3 +266,11 @@ def test_cli_options_and_chat(
     assert am.generate("Hello", max_new_tokens=5) == text
     assert main([*gen, "--alpha", "2"]) == 2
     assert "LoRA adapter" in capsys.readouterr().err
+    # interactive chat on the same adapter
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n/quit\n"))
+    chat = ["chat", "--adapter", str(folder), "--model", str(tiny_folder), "--max-new-tokens", "5"]
+    assert main(chat) == 0
+    io_out = capsys.readouterr()
+    assert "aligned to person pa" in io_out.err and text in io_out.out
