@@ -199,6 +199,9 @@ def run_eval_ray(
     remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(worker_cls or EvalWorker)
     base = _Dataset(plan.dataset.inventory, [], plan.dataset.source)
     base_ref = ray.put(base)
+    root = getattr(plan.method, "adapter_root", None)
+    if root is not None:  # files a method writes (training baselines): workers have another cwd
+        plan.method.adapter_root = Path(root).resolve()  # type: ignore[attr-defined]
     method_ref = ray.put(plan.method)
     slots = [_Slot(i, idx) for i, idx in enumerate(interleave(len(chunks), n))]
     finished: set[int] = set()
