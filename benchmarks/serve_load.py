@@ -61,6 +61,7 @@ def make_adapters(lm: Any, root: Path, m: int, seed: int = 0) -> list[str]:
         save_adapter(
             root / name, res, model_id=lm.model_id, arch=arch, revision=lm.revision,
             inventory="ipip-neo", semantics="agreement", person=name,
+            extra={"steer_position": "all"},
         )  # fmt: skip
         names.append(name)
     return names

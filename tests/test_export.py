@@ -42,7 +42,7 @@ def make_adapter(lm: LoadedModel, folder: Path, seed: int = 3, alpha: float = 2.
         inventory="ipip-neo",
         semantics="agreement",
         person="p-7",
-        extra={"model_spec": lm.spec},
+        extra={"model_spec": lm.spec, "steer_position": "all"},
     )
 
 

@@ -46,6 +46,7 @@ def make_adapter(lm: LoadedModel, folder: Path, seed: int, alpha: float) -> Path
         inventory="ipip-neo",
         semantics="agreement",
         person=folder.name,
+        extra={"steer_position": "all"},
     )
 
 
@@ -101,7 +102,18 @@ def test_models_and_naming(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list().data]
     assert ids == ["tiny", "tiny:alice", "tiny:bob"]
     card = client.models.retrieve("tiny:bob")
-    assert card.id == "tiny:bob"
+    assert card.id == "tiny:bob" and card.model_extra["palign"]["steer_position"] == "all"
+
+
+def test_default_position_follows_the_adapter(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """As palign chat: the recorded position; "last" for adapters written before it was."""
+    from palign.serve.registry import Registry
+
+    folder = make_adapter(tiny_lm, tmp_path / "old", 1, 1.0)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    del cfg["extra"]["steer_position"]
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    assert Registry(tiny_lm).load(folder).position == "last"
 
 
 def test_chat_matches_transformers_generate(

@@ -46,6 +46,7 @@ def make_adapter(lm: LoadedModel, folder: Path, seed: int, alpha: float) -> Path
         inventory="ipip-neo",
         semantics="agreement",
         person=folder.name,
+        extra={"steer_position": "all"},
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from palign.chat import adapter_position
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel
 from palign.serve.lora import LoraAdapter, load_lora
@@ -37,7 +38,9 @@ class Personality:
         name: the personality name (model id ``<base>:<name>``).
         adapter: the PAS adapter (None for a LoRA personality).
         alpha: default steering strength (the adapter's fitted alpha; 0 for LoRA).
-        position: default steering position (the adapter's ``steer_position``, else "all").
+        position: default steering position: the one the adapter was fitted with (recorded
+            ``steer_position``; ``"last"`` for adapters written before it was recorded), as
+            ``palign chat`` does.
         system_prompt: system turn added to chats without one (the adapter's recorded one).
         created: unix time of registration.
     """
@@ -187,9 +190,7 @@ class Registry:
             return pl
         adapter = load_adapter(folder, self.lm, force=self.force)
         cfg = adapter.config
-        position = cfg.get("steer_position") or "all"
-        if position not in ("all", "last"):
-            position = "all"
+        position = adapter_position(adapter)  # as palign chat: the one alpha was chosen with
         extra = cfg.get("extra") or {}
         p = Personality(
             name=name,
