@@ -34,7 +34,7 @@ from torch import nn
 
 from palign import __version__
 from palign.errors import PalignError
-from palign.models.loading import LoadedModel, load_model
+from palign.models.loading import LoadedModel, _dtype_kw, _quiet_progress, load_model
 from palign.steering.adapter import ADAPTER_CONFIG, load_adapter
 from palign.steering.arch import resolve_arch
 from palign.steering.intervene import steer
@@ -216,7 +216,8 @@ def export_adapter(
     try:
         undo, cfg = _set_biases(lm.model, u)
         try:
-            lm.model.save_pretrained(tmp)
+            with _quiet_progress():
+                lm.model.save_pretrained(tmp)
         finally:
             _undo(undo)
         cfg.architectures = (
@@ -243,15 +244,11 @@ def export_adapter(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         if verify:
-            from palign.models.loading import _dtype_kw
-
-            exported = (
-                AutoModelForCausalLM.from_pretrained(
+            with _quiet_progress():
+                exported = AutoModelForCausalLM.from_pretrained(
                     tmp, **_dtype_kw(next(lm.model.parameters()).dtype)
                 )
-                .to(lm.device)
-                .eval()
-            )
+            exported = exported.to(lm.device).eval()
             got = _logits(exported, ids)
             del exported
             diff = max(float((g - r).abs().max()) for g, r in zip(got, ref))
