@@ -254,6 +254,16 @@ def test_parse_rules() -> None:
     ]
     assert weighted_score(cands) == pytest.approx(4 * 0.75 + 6 * 0.25)
     assert weighted_score(None) is None
+    # only single-character choice tokens are choice positions ("12" is not a "1" or a "2")
+    from types import SimpleNamespace as NS
+
+    from palign.judge.client import _candidates
+
+    toks = [
+        NS(token=t, logprob=-0.1, top_logprobs=[NS(token=t, logprob=-0.1)])
+        for t in ("12", "\n4", "x")
+    ]
+    assert [c["token"] for c in _candidates(toks, "123456")] == ["\n4"]
 
 
 def test_scores_intervals_logprobs_and_cache(

@@ -119,7 +119,8 @@ def _candidates(content: Any, choices: str) -> list[dict[str, Any]] | None:
         return None
     out = []
     for t in content:
-        if (t.token or "").strip() in choices and (t.token or "").strip():
+        s = (t.token or "").strip()
+        if len(s) == 1 and s in choices:
             top = {a.token: a.logprob for a in (t.top_logprobs or [])}
             top.setdefault(t.token, t.logprob)
             out.append({"token": t.token, "top": top})
@@ -409,7 +410,7 @@ class LocalJudge:
                 cands = []
                 for k in range(n):
                     piece = tok.decode([new[k]])
-                    if piece.strip() and piece.strip() in r.choices:
+                    if len(piece.strip()) == 1 and piece.strip() in r.choices:
                         lp = torch.log_softmax(g.logits[k][b].float(), dim=-1)
                         v, i = lp.topk(TOP_LOGPROBS)
                         top: dict[str, float] = {}
