@@ -459,7 +459,7 @@ def test_wrong_key_and_unreachable_url(
 
 
 def test_pairwise_both_orders(
-    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, papi: Dataset
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, papi: Dataset, papi_dir, capsys
 ) -> None:
     url, state = srv
     a = _copy(gen_folders["few-shot"], tmp_path / "a")
@@ -490,6 +490,13 @@ def test_pairwise_both_orders(
         a, b, _judge(url, tmp_path / "c-first"), name="first", progress=False, dataset=papi
     )
     assert res["win_rate_a"]["mean"] == 0.5 and res["first_position_rate"] == 1.0
+    # the CLI: the first judge's answers come from the cache, no request is sent
+    n = len(state.requests)
+    argv = ["judge", str(a), "--versus", str(b), "--judge-model", "judge-a", "--base-url", url]
+    assert main([*argv, "--data", str(papi_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "win rate of few-shot: " in out and f"cached {2 * len(ra)}" in out
+    assert len(state.requests) == n
 
 
 def test_agreement_between_two_judges(
