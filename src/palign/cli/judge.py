@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from palign.cli.common import add_model_args, add_pas_args, data_args, emit, fmt_arg, pas_options
+from palign.cli.common import (
+    add_model_args,
+    add_pas_args,
+    add_train_args,
+    data_args,
+    emit,
+    fmt_arg,
+    pas_options,
+    train_options,
+)
 from palign.errors import PalignError
 
 
@@ -35,8 +44,13 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
         raise PalignError("--temperature must be >= 0 and --top-p in (0, 1]")
     if args.max_items is not None and args.max_items < 1:
         raise PalignError("--max-items must be at least 1")
-    opts = pas_options(args)
+    opts = {**pas_options(args), **train_options(args)}
     method = get_method(args.method, MethodConfig(sem, args.seed, opts))
+    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
+        from pathlib import Path
+
+        method.adapter_root = Path(args.out) / "adapters"
+        method.progress = not args.quiet
     ds = load_dataset(args.data, args.inventory)
     ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
     if args.persons is not None and args.persons < 1:
@@ -185,13 +199,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="aligned free-text answers to open questions about the test statements",
         description="For each person and test statement the aligned model answers 'Tell me in "
         "a few sentences how well this describes you: <statement>' (question version q1). "
-        "Steering methods steer every position. Per-person files are written as they finish; "
+        "Steering methods steer every position (the paper's o_proj bias) unless "
+        "--steer-position last; training baselines (dpo, grpo) answer with their LoRA adapter. "
+        "Per-person files are written as they finish; "
         "rerunning the same command resumes. Writes OUT/generations.jsonl and OUT/results.json.",
     )
     p.add_argument(
         "--method",
         required=True,
-        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot (any registered method)",
+        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot, dpo, grpo (any "
+        "registered method)",
     )
     add_model_args(p)
     who = p.add_mutually_exclusive_group()
@@ -219,6 +236,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="answers generated together")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pas_args(p)
+    add_train_args(p)
     fmt_arg(p)
     p.set_defaults(func=cmd_generate_eval)
 
