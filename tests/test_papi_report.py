@@ -25,7 +25,7 @@ def test_report_all_methods(
         methods=methods,
         runs_dir=tmp_path / "runs",
         out_dir=tmp_path / "docs",
-        options={"alpha_grid": [0, 2], "k": 4},
+        options={"alpha_grid": [0, 2], "k": 4, "steer_position": "last"},  # fast: structure only
         progress=False,
         lm=tiny_lm,
     )
@@ -53,7 +53,7 @@ def test_report_all_methods(
         methods=["pas"],
         runs_dir=tmp_path / "runs",
         out_dir=tmp_path / "docs",
-        options={"alpha_grid": [0, 2], "k": 4},
+        options={"alpha_grid": [0, 2], "k": 4, "steer_position": "last"},
         progress=False,
         lm=tiny_lm,
     )
