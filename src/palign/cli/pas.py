@@ -130,6 +130,13 @@ def _aligned(args: argparse.Namespace):
     return am
 
 
+def _steers(am) -> bool:
+    """Whether the model's adapter is a PAS steering adapter (not a LoRA one)."""
+    from palign.steering.adapter import PASAdapter
+
+    return isinstance(am.adapter, PASAdapter)
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """One answer from an aligned model."""
     am = _aligned(args)
@@ -147,7 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     payload = {
         "adapter": args.adapter,
         "alpha": am.alpha if am.alpha is not None else am.adapter.alpha,
-        "steer_position": am.steer_position,
+        "steer_position": am.steer_position if _steers(am) else None,
         "prompt": args.prompt,
         "text": text,
     }
@@ -160,7 +167,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
     a = am.alpha if am.alpha is not None else am.adapter.alpha
     print(
         f"chatting with {am.lm.model_id} aligned to person {am.adapter.config.get('person')} "
-        f"(alpha {a:g}, steering at {am.steer_position} positions); /alpha X changes the strength, /reset forgets, /quit ends",
+        + (f"(alpha {a:g}, steering at {am.steer_position} positions)" if _steers(am) else "(LoRA)")
+        + "; /alpha X changes the strength, /reset forgets, /quit ends",
         file=sys.stderr,
     )
     while True:
