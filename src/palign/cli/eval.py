@@ -280,7 +280,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and the reference predictors",
     )
     p.add_argument("--person", default=None, help="PAPI person id (default: the first person)")
-    p.add_argument("--model", default="smollm2", help="model (default: the embedded SmolLM2)")
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="model alias (see 'palign models'; default: the embedded smollm2), hub id, folder "
+        "or .gguf file",
+    )
     p.add_argument("--out", default="runs/demo", help="run folders (default runs/demo)")
     p.add_argument(
         "--max-items",
