@@ -189,3 +189,29 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
             )
         opts[key.strip().replace("-", "_")] = value.strip()
     return opts
+
+
+def build_method(args: argparse.Namespace, semantics: str, opts: dict[str, Any], out: str) -> Any:
+    """The method of ``--method`` with ``opts``; training baselines keep their LoRA adapters
+    under ``OUT/adapters`` and show their training progress unless ``--quiet``."""
+    from pathlib import Path
+
+    from palign.methods import MethodConfig, get_method
+
+    method = get_method(args.method, MethodConfig(semantics, args.seed, opts))  # type: ignore[arg-type]
+    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
+        method.adapter_root = Path(out) / "adapters"
+        method.progress = not args.quiet
+    return method
+
+
+def select_persons(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """The data set of ``--data/--inventory`` and the persons of ``--persons N`` /
+    ``--person ID,ID`` (all when neither is given)."""
+    from palign.data import load_dataset
+
+    ds = load_dataset(args.data, args.inventory)
+    ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
+    if args.persons is not None and args.persons < 1:
+        raise PalignError("--persons must be at least 1")
+    return ds, ds.select(n=args.persons, ids=ids or None)

@@ -10,26 +10,22 @@ from palign.cli.common import (
     add_model_args,
     add_pas_args,
     add_train_args,
+    build_method,
     data_args,
     emit,
     fmt_arg,
     pas_options,
+    select_persons,
     train_options,
 )
 from palign.errors import PalignError
 from palign.eval.runs import load_results
 
 
-def _persons(args: argparse.Namespace) -> tuple[list[str], int | None]:
-    ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
-    return ids, args.persons
-
-
 def cmd_eval(args: argparse.Namespace) -> None:
     """Run one method on one model for some persons; resumable."""
-    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.data import check_inventory, check_semantics
     from palign.eval.runs import READOUTS, RunConfig, run_eval
-    from palign.methods import MethodConfig, get_method
 
     check_inventory(args.inventory)
     sem = check_semantics(args.semantics)
@@ -49,12 +45,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         opts["persona_source"] = args.persona_source
     if args.method.startswith("pas") and args.readout == "generate":
         opts["selection_readout"] = "generate"  # alpha scored with the run's readout
-    method = get_method(args.method, MethodConfig(sem, args.seed, opts))
-    ds = load_dataset(args.data, args.inventory)
-    ids, n = _persons(args)
-    if n is not None and n < 1:
-        raise PalignError("--persons must be at least 1")
-    persons = ds.select(n=n, ids=ids or None)
+    out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
+    method = build_method(args, sem, opts, out)
+    ds, persons = select_persons(args)
     cfg = RunConfig(
         method=args.method,
         model=args.model,
@@ -72,12 +65,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         max_items=args.max_items,
         load_in_4bit=args.load_in_4bit,
     )
-    out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
-    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
-        from pathlib import Path
-
-        method.adapter_root = Path(out) / "adapters"
-        method.progress = not args.quiet
     if scaled:
         from palign.scale import run_eval_ray
 

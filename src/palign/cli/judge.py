@@ -9,10 +9,12 @@ from palign.cli.common import (
     add_model_args,
     add_pas_args,
     add_train_args,
+    build_method,
     data_args,
     emit,
     fmt_arg,
     pas_options,
+    select_persons,
     train_options,
 )
 from palign.errors import PalignError
@@ -32,9 +34,8 @@ def _ci(d: dict[str, Any]) -> str:
 
 def cmd_generate_eval(args: argparse.Namespace) -> None:
     """Aligned free-text answers to open questions about the test statements; resumable."""
-    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.data import check_inventory, check_semantics
     from palign.judge.generate import GenerateConfig, run_generate
-    from palign.methods import MethodConfig, get_method
 
     check_inventory(args.inventory)
     sem = check_semantics(args.semantics)
@@ -45,17 +46,8 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     if args.max_items is not None and args.max_items < 1:
         raise PalignError("--max-items must be at least 1")
     opts = {**pas_options(args), **train_options(args)}
-    method = get_method(args.method, MethodConfig(sem, args.seed, opts))
-    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
-        from pathlib import Path
-
-        method.adapter_root = Path(args.out) / "adapters"
-        method.progress = not args.quiet
-    ds = load_dataset(args.data, args.inventory)
-    ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
-    if args.persons is not None and args.persons < 1:
-        raise PalignError("--persons must be at least 1")
-    persons = ds.select(n=args.persons, ids=ids or None)
+    method = build_method(args, sem, opts, args.out)
+    ds, persons = select_persons(args)
     cfg = GenerateConfig(
         method=args.method,
         model=args.model,
