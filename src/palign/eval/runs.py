@@ -230,11 +230,13 @@ def predict_aligned(
     return records
 
 
-def _check_config(
-    out: Path, cfg: RunConfig, write: bool = True, weights: str | None = None
-) -> None:
+def _check_config(out: Path, cfg: Any, write: bool = True, weights: str | None = None) -> None:
     """Refuse a folder holding another configuration (or, given ``weights``, a run made
-    with other weights at the same model path); with ``write``, claim the folder."""
+    with other weights at the same model path); with ``write``, claim the folder.
+
+    ``cfg`` is a dataclass with ``identity()`` (:class:`RunConfig`, or another run kind's
+    configuration such as the open-ended generations'); fields added after a folder was
+    written count as their defaults."""
     path = out / "config.json"
     old: dict[str, Any] = {}
     if path.is_file():
@@ -245,7 +247,7 @@ def _check_config(
                 f"{path} is not valid JSON; delete the folder or use another --out"
             ) from None
         # fields added after a run was written count as their defaults
-        defaults = {f.name: f.default for f in fields(RunConfig) if f.default is not MISSING}
+        defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
         have = {**defaults, **(old.get("identity") or {})}
         if any(have.get(k) != v for k, v in cfg.identity().items()):
             diff = sorted(k for k, v in cfg.identity().items() if have.get(k) != v)
@@ -399,6 +401,34 @@ def finish_run(
     return result
 
 
+def prepare_run(
+    cfg: Any, out: Path, lm: LoadedModel | None, dataset: Dataset, method: Method
+) -> tuple[LoadedModel, float, float]:
+    """Load the model (unless given), seed torch and numpy with ``cfg.seed``, set the method
+    up, then claim the run folder (refused for another configuration or other weights).
+
+    Returns the model and the seconds spent loading it and setting the method up.
+    """
+    import torch
+
+    t_load = 0.0
+    if lm is None:
+        from palign.models.loading import load_model
+
+        t = time.perf_counter()
+        lm = load_model(
+            cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit
+        )
+        t_load = time.perf_counter() - t
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    t = time.perf_counter()
+    method.setup(lm, dataset)
+    # the model loaded and the method is ready: claim the folder (same weights only)
+    _check_config(out, cfg, weights=getattr(lm, "weights_fingerprint", None))
+    return lm, t_load, time.perf_counter() - t
+
+
 def run_eval(
     cfg: RunConfig,
     out: str | Path,
@@ -409,7 +439,6 @@ def run_eval(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) an evaluation and write ``results.json``; returns its content."""
-    import torch
     from tqdm.auto import tqdm
 
     plan = plan_run(cfg, out, dataset=dataset, method=method)
@@ -417,21 +446,7 @@ def run_eval(
     t_load = 0.0
     t0 = time.perf_counter()
     if plan.todo:
-        if lm is None:
-            from palign.models.loading import load_model
-
-            t = time.perf_counter()
-            lm = load_model(
-                cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit
-            )
-            t_load = time.perf_counter() - t
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        t = time.perf_counter()
-        method.setup(lm, dataset)
-        # the model loaded and the method is ready: claim the folder (same weights only)
-        _check_config(out, cfg, weights=getattr(lm, "weights_fingerprint", None))
-        t_setup = time.perf_counter() - t
+        lm, t_load, t_setup = prepare_run(cfg, out, lm, dataset, method)
         state: dict[str, Any] = {}
         bar = tqdm(
             total=len(plan.persons),

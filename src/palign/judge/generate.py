@@ -19,13 +19,13 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palign.data.types import Dataset, Person, Semantics
 from palign.errors import PalignError
-from palign.eval.runs import test_items, versions, write_json_atomic
+from palign.eval.runs import _check_config, prepare_run, test_items, versions, write_json_atomic
 from palign.judge import prompts
 from palign.paths import atomic_write
 
@@ -87,27 +87,6 @@ class GenerateConfig:
         for k in ("persons", "data", "batch_size", "device"):
             d.pop(k)
         return d
-
-
-def _check_config(out: Path, cfg: GenerateConfig, write: bool) -> None:
-    path = out / "config.json"
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise PalignError(
-                f"{path} is not valid JSON; delete the folder or use another --out"
-            ) from None
-        defaults = {f.name: f.default for f in fields(GenerateConfig) if f.default is not MISSING}
-        have = {**defaults, **(old.get("identity") or {})}
-        diff = sorted(k for k, v in cfg.identity().items() if have.get(k) != v)
-        if diff:
-            raise PalignError(
-                f"{out} holds generations with a different configuration ({', '.join(diff)}); "
-                "use another --out or delete it"
-            )
-    if write:
-        write_json_atomic(path, {"identity": cfg.identity(), "config": asdict(cfg)})
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -249,7 +228,6 @@ def run_generate(
 ) -> dict[str, Any]:
     """Run (or resume) a generation run; returns the content of ``results.json``."""
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
     from palign.data import check_inventory, check_semantics, load_dataset
@@ -283,20 +261,7 @@ def run_generate(
     t_load = t_setup = 0.0
     model_rec: dict[str, Any] = {"spec": cfg.model}
     if todo:
-        if lm is None:
-            from palign.models.loading import load_model
-
-            t = time.perf_counter()
-            lm = load_model(
-                cfg.model, device=cfg.device, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit
-            )
-            t_load = time.perf_counter() - t
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        t = time.perf_counter()
-        method.setup(lm, dataset)
-        _check_config(out, cfg, write=True)
-        t_setup = time.perf_counter() - t
+        lm, t_load, t_setup = prepare_run(cfg, out, lm, dataset, method)
         statements = [dataset.inventory.statement(dataset.inventory.item(i)) for i in item_ids]
         questions = [prompts.question(s) for s in statements]
         shared: tuple[Any, list[str]] | None = None
