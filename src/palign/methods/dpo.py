@@ -8,7 +8,6 @@ warm-up); every option is overridable and recorded (:class:`palign.train.config.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from palign.data.types import Dataset, Person
@@ -40,19 +39,8 @@ class DPO(LoRATrainingMethod):
             cfg.completion,  # type: ignore[attr-defined]
         )
 
-    def train(
-        self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
-    ) -> Any:
-        """Train with :func:`palign.train.dpo.train_dpo`."""
+    def trainer(self) -> Any:
+        """:func:`palign.train.dpo.train_dpo`."""
         from palign.train.dpo import train_dpo
 
-        return train_dpo(
-            lm,
-            examples,
-            self.train_config,  # type: ignore[arg-type]
-            folder,
-            seed=self.config.seed,
-            meta=meta,
-            person=person,
-            progress=self.progress,
-        )
+        return train_dpo

@@ -9,7 +9,6 @@ tokens, a fixed penalty when nothing parses. Defaults from the paper's PPO (lr 1
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from palign.data.types import Dataset, Person
@@ -33,19 +32,8 @@ class GRPO(LoRATrainingMethod):
         """Generate-readout prompts of the person's answered shown items."""
         return rl_prompts(lm.tokenizer, dataset, person, self.config.semantics, self.system_prompt)
 
-    def train(
-        self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
-    ) -> Any:
-        """Train with :func:`palign.train.grpo.train_grpo`."""
+    def trainer(self) -> Any:
+        """:func:`palign.train.grpo.train_grpo`."""
         from palign.train.grpo import train_grpo
 
-        return train_grpo(
-            lm,
-            examples,
-            self.train_config,  # type: ignore[arg-type]
-            folder,
-            seed=self.config.seed,
-            meta=meta,
-            person=person,
-            progress=self.progress,
-        )
+        return train_grpo

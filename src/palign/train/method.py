@@ -55,11 +55,25 @@ class LoRATrainingMethod(Method):
         """The person's training examples (shown items only)."""
         raise NotImplementedError
 
+    def trainer(self) -> Any:
+        """The training function (``train_dpo``, ``train_grpo``): called as
+        ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=)``."""
+        raise NotImplementedError
+
     def train(
         self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
     ) -> Any:
         """Train and save one adapter; returns a :class:`palign.train.dpo.TrainResult`."""
-        raise NotImplementedError
+        return self.trainer()(
+            lm,
+            examples,
+            self.train_config,
+            folder,
+            seed=self.config.seed,
+            meta=meta,
+            person=person,
+            progress=self.progress,
+        )
 
     # --- shared ------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
