@@ -4,8 +4,10 @@
     python benchmarks/papi_table.py --model qwen2.5-coder-1.5b --persons 10 \
         --name qwen2.5-coder-1.5b-papi-10      # after ./dev setup --models qwen2.5-coder-1.5b
 
-Writes docs/results/<name>.md/.json and PNG plots; runs go to runs/<name>/<method> and are
-reused (finished persons are not recomputed).
+Methods are entries ``method[@position]``: ``pas@all`` is PAS with the paper's all-position
+steering, ``pas@last`` the last-position variant. Writes docs/results/<name>.md/.json and PNG
+plots; runs go to runs/<name>/<entry> and are reused (finished persons are not recomputed).
+``--report-only`` writes the page from what is finished so far (unfinished entries listed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--alpha-selection", default="heldout", choices=("heldout", "oracle", "fixed"))
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: write the page from the persons finished so far",
+    )
     args = ap.parse_args(argv)
     name = args.name or f"{args.model.replace('/', '_')}-{args.persons}"
     try:
@@ -54,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             max_items=args.max_items,
             seed=args.seed,
             options={"alpha_selection": args.alpha_selection},
+            report_only=args.report_only,
         )
     except PalignError as e:
         print(f"papi_table: error: {e}", file=sys.stderr)

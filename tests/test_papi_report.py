@@ -16,7 +16,7 @@ def test_report_all_methods(
 ) -> None:
     monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
     ds = small(papi, 5)
-    methods = ["vanilla", "few-shot", "personality-prompt", "pas", "pas+few-shot"]
+    methods = ["vanilla", "few-shot", "personality-prompt", "pas", "pas+few-shot@last"]
     d = build_report(
         ds,
         "tiny",
@@ -36,6 +36,12 @@ def test_report_all_methods(
     assert set(pas["alpha_distribution"]) <= {"0", "2"}
     md = (tmp_path / "docs" / "tiny.md").read_text()
     assert "| pas |" in md and "(reference)" in md and "Chosen alpha" in md
+    assert "Per person" in md and "beats vanilla" in md
+    assert set(pas["per_person"]) == set(d["persons"])
+    # an @position entry runs PAS with that position, in its own folder
+    cfg = json.loads((tmp_path / "runs" / "tiny" / "pas+few-shot@last" / "config.json").read_text())
+    assert cfg["identity"]["method"] == "pas+few-shot"
+    assert cfg["identity"]["options"]["steer_position"] == "last"
     assert json.loads((tmp_path / "docs" / "tiny.json").read_text())["persons"] == d["persons"]
     for f in d["plots"]:
         assert (tmp_path / "docs" / f).stat().st_size > 1000
@@ -60,3 +66,31 @@ def test_report_all_methods(
     assert (
         tmp_path / "runs" / "tiny" / "pas" / "persons" / f"{d['persons'][0]}.json"
     ).stat().st_mtime_ns == stamp
+
+
+def test_report_only_lists_unfinished(
+    tmp_path: Path, papi: Dataset, tiny_lm: LoadedModel, monkeypatch
+) -> None:
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
+    ds = small(papi, 5)
+    kw = dict(runs_dir=tmp_path / "runs", out_dir=tmp_path / "docs", progress=False)
+    build_report(ds, "t", "tiny", 1, methods=["vanilla"], lm=tiny_lm, **kw)
+    d = build_report(ds, "t", "tiny", 2, methods=["vanilla", "pas@all"], report_only=True, **kw)
+    # nothing computed: vanilla has 1 of 2 persons, pas@all none
+    assert d["incomplete"] == {"vanilla": 1, "pas@all": 0}
+    assert [r["name"] for r in d["rows"] if r["kind"] == "method"] == []
+    assert "Not finished yet" in (tmp_path / "docs" / "t.md").read_text()
+
+
+def test_method_spec_errors() -> None:
+    import pytest
+
+    from palign.errors import PalignError
+    from palign.eval.papi_report import parse_method_spec
+
+    assert parse_method_spec("pas@last") == ("pas", {"steer_position": "last"})
+    assert parse_method_spec("few-shot") == ("few-shot", {})
+    with pytest.raises(PalignError, match="only PAS"):
+        parse_method_spec("vanilla@last")
+    with pytest.raises(PalignError, match="unknown steering position"):
+        parse_method_spec("pas@first")

@@ -23,8 +23,37 @@ from palign.eval.baselines import predict, run_baselines
 from palign.eval.metrics import Report, evaluate
 from palign.eval.runs import RunConfig, run_eval, test_items, versions, write_json_atomic
 
-ALL_METHODS = ("vanilla", "few-shot", "personality-prompt", "pas", "pas+few-shot")
+ALL_METHODS = (
+    "vanilla",
+    "few-shot",
+    "personality-prompt",
+    "pas@all",
+    "pas@last",
+    "pas+few-shot@all",
+    "pas+few-shot@last",
+)
+#: methods whose persons share nothing expensive: one person per chunk, so that a long run
+#: saves every finished person (a chunk is written only when all its persons are done)
+SOLO_METHODS = ("few-shot", "pas+few-shot")
 REFERENCES = ("constant-3", "item-median", "item-mean", "facet-mean", "trait-mean", "ridge")
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split a table entry ``method[@position]`` into the method and its extra options.
+
+    ``pas@last`` is ``pas`` with ``steer_position="last"``; ``pas@all`` the paper's
+    all-position steering. A position is only meaningful for PAS methods.
+    """
+    method, sep, position = spec.partition("@")
+    if not sep:
+        return method, {}
+    from palign.errors import PalignError
+
+    if not method.startswith("pas"):
+        raise PalignError(f"{spec!r}: only PAS methods take a steering position (@all or @last)")
+    if position not in ("all", "last"):
+        raise PalignError(f"{spec!r}: unknown steering position {position!r}; use @all or @last")
+    return method, {"steer_position": position}
 
 
 def _ci_of_sum(rep: Report) -> float:
@@ -67,8 +96,15 @@ def build_report(
     profiles: int = 3,
     progress: bool = True,
     lm: Any = None,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Run (or reuse) every method, then write the Markdown/JSON/PNG report; returns the JSON."""
+    """Run (or reuse) every method, then write the Markdown/JSON/PNG report; returns the JSON.
+
+    ``methods`` are table entries ``method[@position]`` (see :func:`parse_method_spec`); each
+    runs into ``<runs_dir>/<name>/<entry>``. With ``report_only`` nothing is computed: the
+    report is built from the persons already finished, and an entry with fewer than
+    ``n_persons`` finished persons is listed as incomplete (its numbers are not shown).
+    """
     persons = ds.persons[:n_persons]
     ids = [p.id for p in persons]
     item_ids = test_items(ds.inventory, max_items)
@@ -76,14 +112,17 @@ def build_report(
     out_dir = Path(out_dir)
     rows: list[dict[str, Any]] = []
     per_person_preds: dict[str, dict[str, dict[str, float]]] = {}
-    if lm is None and methods:
+    specs = [(m, *parse_method_spec(m)) for m in methods]
+    if lm is None and methods and not report_only:
         from palign.models.loading import load_model
 
         lm = load_model(model)
-    for m in methods:
-        opts = dict(options or {}) if m.startswith("pas") else {}
+    incomplete: dict[str, int] = {}
+    shown: list[str] = []
+    for m, base, extra in specs:
+        opts = {**(options or {}), **extra} if base.startswith("pas") else {}
         cfg = RunConfig(
-            method=m,
+            method=base,
             model=model,
             inventory=ds.inventory.name,
             semantics=semantics,  # type: ignore[arg-type]
@@ -92,14 +131,34 @@ def build_report(
             data=ds.source,
             options=opts,
             max_items=max_items,
+            person_batch=1 if base in SOLO_METHODS else 4,
         )
-        res = run_eval(cfg, runs_dir / m, lm=lm, dataset=ds, progress=progress)
-        done = {}
-        for pid in ids:
-            done[pid] = json.loads((runs_dir / m / "persons" / f"{pid}.json").read_text())
+        if report_only:
+            files = {pid: runs_dir / m / "persons" / f"{pid}.json" for pid in ids}
+            n_done = sum(f.exists() for f in files.values())
+            if n_done < len(ids):
+                incomplete[m] = n_done
+                continue
+            done = {pid: json.loads(f.read_text()) for pid, f in files.items()}
+            secs = [r.get("seconds") for r in done.values() if r.get("seconds") is not None]
+            res = {"timings": {"seconds_per_person": float(np.mean(secs)) if secs else None}}
+        else:
+            res = run_eval(cfg, runs_dir / m, lm=lm, dataset=ds, progress=progress)
+            done = {}
+            for pid in ids:
+                done[pid] = json.loads((runs_dir / m / "persons" / f"{pid}.json").read_text())
+        shown.append(m)
         preds = {pid: r["answers"] for pid, r in done.items()}
         per_person_preds[m] = preds
         rep = evaluate(ds.inventory, persons, preds, semantics, name=m, item_ids=item_ids)  # type: ignore[arg-type]
+        per_person = {
+            ps.person_id: {
+                "sum": float(sum(ps.traits.values())),
+                "alpha": done[ps.person_id].get("info", {}).get("alpha"),
+                "seconds": done[ps.person_id].get("seconds"),
+            }
+            for ps in rep.persons
+        }
         alphas = [r.get("info", {}).get("alpha") for r in done.values()]
         alphas = [a for a in alphas if a is not None]
         rows.append(
@@ -108,6 +167,7 @@ def build_report(
                 **rep.to_dict(),
                 "ci95_sum": _ci_of_sum(rep),
                 "seconds_per_person": res["timings"]["seconds_per_person"],
+                "per_person": per_person,
                 "alpha_distribution": {
                     format(k, "g"): v for k, v in sorted(Counter(alphas).items())
                 }
@@ -127,7 +187,7 @@ def build_report(
     for p in persons[:profiles]:
         truth = p.answers(ds.inventory, semantics, item_ids)  # type: ignore[arg-type]
         entry = {"person": p.id, "true": trait_profile(ds, truth, semantics, item_ids)}  # type: ignore[arg-type]
-        for m in methods:
+        for m in shown:
             entry[m] = trait_profile(ds, per_person_preds[m][p.id], semantics, item_ids)
         fm = predict("facet-mean", ds, semantics, seed)[p.id]  # type: ignore[arg-type]
         entry["facet-mean"] = trait_profile(ds, fm, semantics, item_ids)
@@ -145,7 +205,9 @@ def build_report(
         "options": options or {},
         "versions": versions(),
         "traits": ds.inventory.traits,
+        "methods": list(methods) if tuple(methods) != ALL_METHODS else None,
         "rows": rows,
+        "incomplete": incomplete,
         "profiles": prof,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +237,7 @@ def markdown(d: dict[str, Any]) -> str:
         f"{len(d['persons'])} --name {d['name']}"
         + (f" --max-items {d['n_items']}" if d.get("max_items") else "")
         + (f" --semantics {d['semantics']}" if d["semantics"] != "agreement" else "")
+        + (f" --methods {','.join(d['methods'])}" if d.get("methods") else "")
         + "` (finished runs in `runs/<name>/` are reused).",
         "",
         "| method | " + " | ".join(traits) + " | mean | sum | exact | s/person |",
@@ -198,6 +261,41 @@ def markdown(d: dict[str, Any]) -> str:
                 + " | ".join(str(h[k]) for k in ("1", "2", "3", "4", "5", "unparsed"))
                 + " |"
             )
+    if d.get("incomplete"):
+        lines += ["", "## Not finished yet", ""]
+        lines += [
+            f"- {m}: {n} of {len(d['persons'])} persons finished (rerun the command to resume)"
+            for m, n in d["incomplete"].items()
+        ]
+    per = [r for r in d["rows"] if r["kind"] == "method" and r.get("per_person")]
+    if per:
+        van = next((r for r in per if r["name"] == "vanilla"), None)
+        lines += [
+            "",
+            "## Per person (sum of the five trait MAEs; chosen alpha in brackets)",
+            "",
+            "| person | " + " | ".join(r["name"] for r in per) + " |",
+            "|---|" + "---|" * len(per),
+        ]
+        for pid in d["persons"]:
+            cells = []
+            for r in per:
+                e = r["per_person"].get(pid, {})
+                a = e.get("alpha")
+                cells.append(_fmt(e.get("sum"), 2) + (f" [{a:g}]" if a is not None else ""))
+            lines.append(f"| {pid} | " + " | ".join(cells) + " |")
+        if van is not None:
+            wins = []
+            for r in per:
+                if r is van:
+                    continue
+                n = sum(
+                    r["per_person"][p]["sum"] < van["per_person"][p]["sum"]
+                    for p in d["persons"]
+                    if p in r["per_person"] and p in van["per_person"]
+                )
+                wins.append(f"{r['name']} {n}/{len(d['persons'])}")
+            lines += ["", "Persons for whom the method beats vanilla: " + ", ".join(wins) + "."]
     pas_rows = [r for r in d["rows"] if r.get("alpha_distribution")]
     if pas_rows:
         lines += ["", "## Chosen alpha (persons per alpha)", ""]
