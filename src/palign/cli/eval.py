@@ -185,7 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--method",
         required=True,
-        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot, dpo, grpo (training "
+        help="vanilla, few-shot, personality-prompt, pas, pas+few-shot, pas+calibrated, "
+        "vanilla+calibrated (logits readout only), dpo, grpo (training "
         "baselines: LoRA adapters under OUT/adapters; ppo is unavailable with TRL 1.x)",
     )
     add_model_args(p)

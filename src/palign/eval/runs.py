@@ -136,10 +136,16 @@ def predict_aligned(
     Returns one prediction record per aligned state: ``answers`` (item -> 1..5, 0 = unparsed),
     ``expected``, ``probs`` and (generate readout) ``texts``. Persons with a LoRA adapter
     (``Aligned.lora``, training baselines) are read one by one with their adapter applied.
+    Persons with a calibration (``Aligned.calibration``, the calibrated methods) answer with
+    it, applied to the recorded ``probs`` (so it can be recomputed from the record); their
+    argmax answers are kept as ``raw_answers``, and ``expected`` and ``probs`` stay raw.
     """
     import dataclasses
 
     import torch
+
+    if readout != "logits" and any(getattr(a, "calibration", None) for a in aligned):
+        raise PalignError("calibrated methods need --readout logits")
 
     lora = [k for k, a in enumerate(aligned) if getattr(a, "lora", None)]
     if lora:
@@ -211,7 +217,7 @@ def predict_aligned(
         raise PalignError(f"unknown readout {readout!r}; use one of: {', '.join(READOUTS)}")
     n = len(item_ids)
     records = []
-    for k, _ in enumerate(aligned):
+    for k in range(len(aligned)):
         sl = slice(k * n, (k + 1) * n)
         rec: dict[str, Any] = {
             "answers": {i: int(v) for i, v in zip(item_ids, out.answers[sl])},
@@ -226,6 +232,14 @@ def predict_aligned(
         }
         if out.texts is not None:
             rec["texts"] = dict(zip(item_ids, out.texts[sl]))
+        cal = getattr(aligned[k], "calibration", None)
+        if cal is not None:
+            from palign.methods.calibrated import Calibration
+
+            stored = np.array([rec["probs"][i] for i in item_ids], dtype=np.float64)
+            rec["raw_answers"] = rec["answers"]
+            mapped = Calibration.from_dict(cal).apply(stored)
+            rec["answers"] = {i: int(v) for i, v in zip(item_ids, mapped)}
         records.append(rec)
     return records
 
@@ -320,6 +334,8 @@ def plan_run(
     if cfg.readout not in READOUTS:
         raise PalignError(f"unknown readout {cfg.readout!r}; use one of: {', '.join(READOUTS)}")
     method = method or get_method(cfg.method, MethodConfig(cfg.semantics, cfg.seed, cfg.options))
+    if cfg.readout != "logits" and getattr(method, "needs_logits_readout", False):
+        raise PalignError("calibrated methods need --readout logits")
     dataset = dataset or load_dataset(cfg.data, cfg.inventory)
     persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]

@@ -4,7 +4,7 @@ from palign.methods import few_shot, personality_prompt, vanilla  # noqa: E402,F
 from palign.methods.base import METHODS, Aligned, Method, MethodConfig, get_method, register
 
 try:  # PAS needs the steering layer
-    from palign.methods import pas  # noqa: F401
+    from palign.methods import calibrated, pas  # noqa: F401
 except ImportError:  # pragma: no cover - only while steering is being built
     pass
 

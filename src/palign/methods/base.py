@@ -52,6 +52,10 @@ class Aligned:
             forward, the paper's o_proj bias; default) or ``"last"`` (the last position).
         lora: folder of the person's PEFT LoRA adapter (training baselines), applied to the
             model while this person's items are read; None for the other methods.
+        calibration: a per-person map from the option distribution to an answer, applied by
+            the harness to multiple-choice answers (``Calibration.to_dict()`` of
+            :mod:`palign.methods.calibrated`: ``answer = clip(rint(a + b * E), 1, 5)``, ``E``
+            the expected answer); None = the argmax answer. Only the calibrated methods set it.
     """
 
     person_id: str
@@ -60,6 +64,7 @@ class Aligned:
     info: dict[str, Any] = field(default_factory=dict)
     steer_position: str = "all"
     lora: str | None = None
+    calibration: dict[str, Any] | None = None
 
 
 class Method:
