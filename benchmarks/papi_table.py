@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="compute nothing: write the page from the persons finished so far",
     )
+    ap.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a paragraph for the page header (measurement conditions); repeatable",
+    )
     args = ap.parse_args(argv)
     name = args.name or f"{args.model.replace('/', '_')}-{args.persons}"
     try:
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             options={"alpha_selection": args.alpha_selection},
             report_only=args.report_only,
+            notes=args.note,
         )
     except PalignError as e:
         print(f"papi_table: error: {e}", file=sys.stderr)

