@@ -46,6 +46,8 @@ from palign.errors import PalignError
 DEFAULT_GRID = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
 FINE_GRID = (-4.0, -2.0, -1.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 FOLDS = 3
+#: the variant that is palign's current ``pas`` default (K 24, mean ranking, grid 0..8)
+DEFAULT_VARIANT = "pas K24 mean"
 
 
 def variant_specs(n_layers: int) -> list[dict[str, Any]]:
@@ -298,17 +300,22 @@ def _ci(v: list[float]) -> float:
 
 
 def summarise(per_person: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per variant: mean sum over persons, 95% interval, wins over vanilla."""
+    """One row per variant: mean sum over persons, 95% interval, wins over vanilla, and the
+    paired difference to the default PAS variant with its 95% interval."""
     names = list(next(iter(per_person.values())))
     rows = []
     for n in names:
         sums = [pp[n]["sum"] for pp in per_person.values()]
         van = [pp["vanilla (alpha 0)"]["sum"] for pp in per_person.values()]
+        ref = [pp[DEFAULT_VARIANT]["sum"] for pp in per_person.values()]
+        diff = [s - r for s, r in zip(sums, ref)]
         rows.append(
             {
                 "variant": n,
                 "mean_sum": float(np.mean(sums)),
                 "ci95": _ci(sums),
+                "diff_vs_default": float(np.mean(diff)),
+                "diff_ci95": _ci(diff),
                 "wins_vs_vanilla": int(sum(s < v for s, v in zip(sums, van))),
                 "n": len(sums),
             }
@@ -347,12 +354,14 @@ def markdown(d: dict[str, Any]) -> str:
         "",
         f"Reproduce: `{d['command']}`",
         "",
-        "| variant | sum of trait MAEs (held-out shown items) | wins vs vanilla |",
-        "|---|---|---|",
+        "| variant | sum of trait MAEs (held-out shown items) | minus `pas K24 mean` (paired) "
+        "| wins vs vanilla |",
+        "|---|---|---|---|",
     ]
     for r in sorted(d["rows"], key=lambda r: r["mean_sum"]):
         lines.append(
             f"| {r['variant']} | {r['mean_sum']:.3f} ± {r['ci95']:.2f} | "
+            f"{r['diff_vs_default']:+.3f} ± {r['diff_ci95']:.2f} | "
             f"{r['wins_vs_vanilla']}/{r['n']} |"
         )
     lines += [
