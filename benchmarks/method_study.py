@@ -224,9 +224,19 @@ def cross_fold_choice(errors: np.ndarray, grid: list[float]) -> list[int]:
 
 
 def analyse_person(
-    rec: dict[str, Any], specs: list[dict[str, Any]], traits_of: list[str], traits: list[str]
+    rec: dict[str, Any],
+    specs: list[dict[str, Any]],
+    traits_of: list[str],
+    traits: list[str],
+    keys_of: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Per-variant scores of one person: sum of trait MAEs with cross-fold alpha, curves."""
+    """Per-variant scores of one person: sum of trait MAEs with cross-fold alpha, curves.
+
+    Also two predictors that read no model, on the same folds: the person's mean training
+    answer (``person-mean``) and, with ``keys_of``, the person's mean training answer of the
+    item's trait in the trait's direction, mapped back through the item's key
+    (``trait-mean``), both rounded.
+    """
     from palign.methods.calibrated import fit_calibration
 
     truth = np.asarray(rec["truth"])
@@ -267,14 +277,34 @@ def analyse_person(
         "v", [_answers(np.asarray(f["probs"][src]))[[zero]] for f in folds], [0.0]
     )
     cal_preds = []
+    slopes = []
     for f in folds:
         hp, tp = np.asarray(f["probs"][src]), np.asarray(f["train_probs"])
         rows = []
         for k in range(len(fine)):
             c = fit_calibration(tp[k], truth[f["train"]])
             rows.append(c.apply(hp[k]))
+            if k == zero:
+                slopes.append(c.b)
         cal_preds.append(np.asarray(rows))
     res["vanilla+calibrated"] = score("vc", [cp[[zero]] for cp in cal_preds], [0.0])
+    res["vanilla+calibrated"]["slope_b"] = float(np.mean(slopes))
+    # no model at all, same folds
+    pm, tm = {}, {}
+    for f in folds:
+        tr = truth[f["train"]]
+        pm.update({i: float(np.clip(np.rint(tr.mean()), 1, 5)) for i in f["held"]})
+        if keys_of is not None:
+            by_trait: dict[str, list[float]] = {}
+            for i in f["train"]:
+                v = truth[i] if keys_of[i] > 0 else 6 - truth[i]
+                by_trait.setdefault(traits_of[i], []).append(v)
+            for i in f["held"]:
+                m = np.mean(by_trait.get(traits_of[i], [3.0]))
+                tm[i] = float(np.clip(np.rint(m if keys_of[i] > 0 else 6 - m), 1, 5))
+    res["person-mean (no model)"] = {"sum": _trait_sum(pm, truth, traits_of, traits)}
+    if keys_of is not None:
+        res["trait-mean (no model)"] = {"sum": _trait_sum(tm, truth, traits_of, traits)}
     # pas+calibrated: alpha chosen on the uncalibrated errors (as the method does), then mapped
     idx = [fine.index(g) for g in DEFAULT_GRID]
     unc = [_answers(np.asarray(f["probs"][src]))[idx] for f in folds]
@@ -364,6 +394,16 @@ def markdown(d: dict[str, Any]) -> str:
             f"{r['diff_vs_default']:+.3f} ± {r['diff_ci95']:.2f} | "
             f"{r['wins_vs_vanilla']}/{r['n']} |"
         )
+    slopes = [pp["vanilla+calibrated"].get("slope_b") for pp in d["per_person"].values()]
+    slopes = [b for b in slopes if b is not None]
+    if slopes:
+        lines += [
+            "",
+            f"Calibration slope: `vanilla+calibrated` fitted `b` = {np.mean(slopes):.2f} on "
+            f"average (range {min(slopes):.2f}..{max(slopes):.2f}; 0 would mean the model's "
+            "distribution is unused and the map is the person's mean answer, 1 the identity). "
+            "The two rows marked *no model* read no model at all (same folds).",
+        ]
     lines += [
         "",
         "## Held-out error per alpha (mean absolute error per item, mean over persons and folds)",
@@ -493,11 +533,12 @@ def _run(args: argparse.Namespace, name: str) -> int:
     specs = variant_specs(int(n_layers))
     inv = ds.inventory
     traits_of = [inv.item(i).trait for i in inv.shown_ids]
+    keys_of = [inv.item(i).key for i in inv.shown_ids]
     per_person = {}
     curves: dict[str, dict[str, list[float]]] = {}
     for p in done:
         rec = json.loads((runs / f"{p.id}.json").read_text())
-        pp = analyse_person(rec, specs, traits_of, list(inv.traits))
+        pp = analyse_person(rec, specs, traits_of, list(inv.traits), keys_of)
         per_person[p.id] = pp
         for n, r in pp.items():
             for a, v in (r.get("curve") or {}).items():
