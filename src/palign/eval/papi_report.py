@@ -34,9 +34,6 @@ ALL_METHODS = (
     "pas+few-shot@all",
     "pas+few-shot@last",
 )
-#: methods whose persons share nothing expensive: one person per chunk, so that a long run
-#: saves every finished person (a chunk is written only when all its persons are done)
-SOLO_METHODS = ("few-shot", "pas+few-shot")
 REFERENCES = ("constant-3", "item-median", "item-mean", "facet-mean", "trait-mean", "ridge")
 
 
@@ -154,7 +151,9 @@ def build_report(
             data=ds.source,
             options=opts,
             max_items=max_items,
-            person_batch=1 if base in SOLO_METHODS else 4,
+            # one person per chunk: a chunk is saved only when all its persons are done, and on
+            # a CPU the persons of a chunk share no compute worth a long unsaved stretch
+            person_batch=1,
         )
         if report_only:
             files = {pid: runs_dir / m / "persons" / f"{pid}.json" for pid in ids}
