@@ -79,7 +79,11 @@ def test_report_only_lists_unfinished(
     # nothing computed: vanilla has 1 of 2 persons, pas@all none
     assert d["incomplete"] == {"vanilla": 1, "pas@all": 0}
     assert [r["name"] for r in d["rows"] if r["kind"] == "method"] == []
-    assert "Not finished yet" in (tmp_path / "docs" / "t.md").read_text()
+    md = (tmp_path / "docs" / "t.md").read_text()
+    assert "Not finished yet" in md
+    # the finished person of an unfinished entry is shown apart, with its own score
+    assert d["partial"]["vanilla"]["persons"] == [ds.persons[0].id]
+    assert "partial, vanilla on its 1 finished persons" in md
 
 
 def test_method_spec_errors() -> None:

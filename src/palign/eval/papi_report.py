@@ -138,6 +138,7 @@ def build_report(
 
         lm = load_model(model)
     incomplete: dict[str, int] = {}
+    partial: dict[str, dict[str, Any]] = {}
     shown: list[str] = []
     for m, base, extra in specs:
         opts = {**(options or {}), **extra} if base.startswith("pas") else {}
@@ -160,6 +161,21 @@ def build_report(
             n_done = sum(f.exists() for f in files.values())
             if n_done < len(ids):
                 incomplete[m] = n_done
+                if n_done:
+                    part = [p for p in persons if files[p.id].exists()]
+                    got = {p.id: json.loads(files[p.id].read_text())["answers"] for p in part}
+                    rep_p = evaluate(ds.inventory, part, got, semantics, name=m, item_ids=item_ids)  # type: ignore[arg-type]
+                    partial[m] = {
+                        "persons": [p.id for p in part],
+                        "sum": rep_p.sum,
+                        "per_person": {
+                            ps.person_id: float(sum(ps.traits.values())) for ps in rep_p.persons
+                        },
+                        "alpha": {
+                            p.id: json.loads(files[p.id].read_text()).get("info", {}).get("alpha")
+                            for p in part
+                        },
+                    }
                 continue
             done = {pid: json.loads(f.read_text()) for pid, f in files.items()}
             secs = [r.get("seconds") for r in done.values() if r.get("seconds") is not None]
@@ -239,6 +255,7 @@ def build_report(
         "methods": list(methods) if tuple(methods) != ALL_METHODS else None,
         "rows": rows,
         "incomplete": incomplete,
+        "partial": partial,
         "profiles": prof,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +320,21 @@ def markdown(d: dict[str, Any]) -> str:
             f"- {m}: {n} of {len(d['persons'])} persons finished (rerun the command to resume)"
             for m, n in d["incomplete"].items()
         ]
+        ref = {r["name"]: r.get("per_person") for r in d["rows"] if r["kind"] == "method"}
+        for m, part in (d.get("partial") or {}).items():
+            pids = part["persons"]
+            cmp = [
+                f"{name} {np.mean([pp[p]['sum'] for p in pids]):.3f}"
+                for name, pp in ref.items()
+                if pp and all(p in pp for p in pids)
+            ]
+            alphas = ", ".join(f"{p}: {a:g}" for p, a in part["alpha"].items() if a is not None)
+            lines.append(
+                f"- partial, {m} on its {len(pids)} finished persons: sum {part['sum']:.3f} "
+                f"(same persons: {', '.join(cmp)})"
+                + (f"; chosen alpha {alphas}" if alphas else "")
+                + ". Not comparable with the full rows above until all persons are done."
+            )
     per = [r for r in d["rows"] if r["kind"] == "method" and r.get("per_person")]
     if per:
         van = next((r for r in per if r["name"] == "vanilla"), None)
