@@ -404,6 +404,8 @@ def markdown(d: dict[str, Any]) -> str:
             "distribution is unused and the map is the person's mean answer, 1 the identity). "
             "The two rows marked *no model* read no model at all (same folds).",
         ]
+    for n in d.get("notes") or []:
+        lines += ["", n]
     lines += [
         "",
         "## Held-out error per alpha (mean absolute error per item, mean over persons and folds)",
@@ -469,6 +471,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="runs folder of the PAPI table (for the position comparison), e.g. "
         "runs/qwen2.5-coder-1.5b-papi-10",
+    )
+    ap.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a paragraph for the page (conclusions, conditions); repeatable",
     )
     ap.add_argument(
         "--analyse-only",
@@ -564,6 +572,7 @@ def _run(args: argparse.Namespace, name: str) -> int:
         if args.table
         else None,
         "per_person": per_person,
+        "notes": list(args.note),
         "versions": versions(),
     }
     out = Path(args.out)
