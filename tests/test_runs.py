@@ -260,3 +260,33 @@ def test_resume_refuses_other_weights_at_the_same_path(tmp_path, papi, tiny_lm) 
     )
     with pytest.raises(PalignError, match="other weights"):
         run_eval(cfg3, tmp_path / "run", lm=other, dataset=papi, progress=False)
+
+
+def test_identical_requests_are_read_once(papi: Dataset, tiny_lm: LoadedModel, monkeypatch) -> None:
+    """Persons asking identical unsteered requests share one read; records equal solo reads."""
+    import palign.models.readout as readout
+    from palign.eval.runs import predict_aligned
+    from palign.methods.base import Aligned
+
+    ds = small(papi, 4)
+    items = ds.inventory.test_ids
+    solo = {
+        sp: predict_aligned(tiny_lm, ds, [Aligned("x", sp)], items)[0]
+        for sp in ("You are a person.", "Be yourself.")
+    }
+    seen: list[int] = []
+    real = readout.option_probs
+
+    def counting(lm, reqs, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(reqs))
+        return real(lm, reqs, **kw)
+
+    monkeypatch.setattr(readout, "option_probs", counting)
+    prompts = ["You are a person.", "Be yourself.", "You are a person.", "You are a person."]
+    recs = predict_aligned(
+        tiny_lm, ds, [Aligned(str(k), sp) for k, sp in enumerate(prompts)], items
+    )
+    assert seen == [2 * len(items)]
+    for rec, sp in zip(recs, prompts):
+        assert rec["answers"] == solo[sp]["answers"]
+        assert rec["probs"] == solo[sp]["probs"]

@@ -199,6 +199,13 @@ def predict_aligned(
             + ", ".join(sorted(positions))
         )
     position = positions.pop() if positions else "all"
+    # persons without steering and with the same system prompt (vanilla+calibrated, several
+    # persons of a prompt-only method with equal prompts) ask identical requests: read each
+    # distinct request once and give every person its copy (the readout is deterministic)
+    first: dict[ReadRequest, int] = {}
+    where = [first.setdefault(r, len(first)) for r in requests]
+    if len(first) < len(requests):
+        requests = list(first)
     if readout == "logits":
         out = option_probs(
             lm,
@@ -215,6 +222,15 @@ def predict_aligned(
         )
     else:
         raise PalignError(f"unknown readout {readout!r}; use one of: {', '.join(READOUTS)}")
+    if len(requests) < len(where):
+        idx = np.asarray(where)
+        out = dataclasses.replace(
+            out,
+            probs=out.probs[idx],
+            answers=out.answers[idx],
+            expected=out.expected[idx],
+            texts=[out.texts[i] for i in idx] if out.texts is not None else None,
+        )
     n = len(item_ids)
     records = []
     for k in range(len(aligned)):
