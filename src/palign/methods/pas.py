@@ -58,6 +58,31 @@ def shown_activations(
     lm: LoadedModel, dataset: Dataset, arch: Any, batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
     """Contrastive head activations of the shown items, from the disk cache when present."""
+    return cached_contrastive_capture(
+        lm,
+        dataset,
+        arch,
+        {"o_proj": [arch.n_layers, arch.n_heads, arch.head_dim]},
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def cached_contrastive_capture(
+    lm: LoadedModel,
+    dataset: Dataset,
+    arch: Any,
+    key_extra: dict[str, Any],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Capture ``arch.modules``' inputs on the contrastive prompts, cached on disk.
+
+    The prompts are :func:`contrastive_prompts` under the neutral system prompt; the cache key
+    is the model's :func:`~palign.steering.capture.model_key_fields`, the inventory, the shown
+    items, the prompts' hash and ``key_extra`` (what is captured, e.g. ``{"o_proj": ...}``).
+    Returns ``(2 * n_shown, n_layers, n_heads, head_dim)`` as ``capture_prompts``.
+    """
     from palign.steering.capture import (
         cached_activations,
         capture_prompts,
@@ -71,7 +96,7 @@ def shown_activations(
         "inventory": dataset.inventory.name,
         "items": dataset.inventory.shown_ids,
         "prompts_sha256": text_sha256("\x00".join(prompts)),
-        "o_proj": [arch.n_layers, arch.n_heads, arch.head_dim],
+        **key_extra,
     }
 
     def compute() -> torch.Tensor:

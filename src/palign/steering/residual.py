@@ -87,18 +87,10 @@ def residual_activations(
     Returns:
         ``(2 * n_shown, n_layers, hidden)`` float32 on CPU.
     """
-    from palign.methods.pas import contrastive_prompts
-    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, encode_prompt
-    from palign.steering.capture import (
-        cached_activations,
-        capture_prompts,
-        model_key_fields,
-        text_sha256,
-    )
+    from palign.methods.pas import cached_contrastive_capture
 
-    prompts = contrastive_prompts(lm, dataset, NEUTRAL_SYSTEM_PROMPT)
     mods = residual_modules(lm.model, arch)
-    # capture_prompts reads the first input of each module; a one-"head" spec of width hidden
+    # the capture reads the first input of each module; a one-"head" spec of width hidden
     pseudo = ArchSpec(
         model_type=arch.model_type,
         o_proj_path=arch.o_proj_path,
@@ -108,26 +100,9 @@ def residual_activations(
         head_dim=arch.hidden,
         hidden=arch.hidden,
     )
-    key = {
-        **model_key_fields(lm),
-        "inventory": dataset.inventory.name,
-        "items": dataset.inventory.shown_ids,
-        "prompts_sha256": text_sha256("\x00".join(prompts)),
-        "residual_after_attention": [arch.n_layers, arch.hidden],
-    }
-
-    def compute() -> torch.Tensor:
-        return capture_prompts(
-            lm.model,
-            lm.tokenizer,
-            prompts,
-            arch=pseudo,
-            batch_size=batch_size,
-            progress=progress,
-            encode=lambda t: encode_prompt(lm.tokenizer, t),
-        )
-
-    return cached_activations(key, compute)[:, :, 0, :]
+    extra = {"residual_after_attention": [arch.n_layers, arch.hidden]}
+    acts = cached_contrastive_capture(lm, dataset, pseudo, extra, batch_size, progress)
+    return acts[:, :, 0, :]
 
 
 def _check(acts: torch.Tensor, n_items: int) -> None:
