@@ -16,6 +16,7 @@ in every output.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,9 @@ class PAS(Method):
 
         # prompt caches up to the last token, shared by all folds, alphas and persons
         self.kv_store = KVStore(int(o.get("kv_store_bytes", 8 << 30)))
+        # unsteered (alpha 0) option probabilities per (system prompt, statement) of one model
+        self._plain: dict[tuple[str | None, str], np.ndarray] = {}
+        self._plain_owner: weakref.ref | None = None
 
     def setup(self, lm: LoadedModel, dataset: Dataset) -> None:
         """Resolve the architecture and load/capture the contrastive activations."""
@@ -344,20 +348,53 @@ class PAS(Method):
 
     def _read(self, lm: LoadedModel, reqs: list[Any], table: torch.Tensor) -> Any:
         """Read held-out (or oracle) requests with the selection readout and position."""
-        from palign.models.readout import generate_answers, option_probs
+        from palign.models.readout import (
+            ANSWER_VALUES,
+            Readout,
+            ReadRequest,
+            generate_answers,
+            option_probs,
+        )
 
         if self.selection_readout == "generate":
             return generate_answers(
                 lm, reqs, batch_size=self.batch_size, steering=table, position=self.position
             )
-        return option_probs(
-            lm,
-            reqs,
-            batch_size=self.batch_size,
-            steering=table,
-            kv_store=self.kv_store,
-            position=self.position,
-        )
+        # a zero steering row (alpha 0) is no steering: its requests are read unsteered, once
+        # per (system prompt, statement) for the lifetime of this object, so persons and folds
+        # with the same prompt (the neutral one) share them; the values are those of the zero
+        # row (adding 0 changes nothing), at the cost of one forward instead of one per call
+        if self._plain_owner is None or self._plain_owner() is not lm.model:
+            self._plain.clear()
+            self._plain_owner = weakref.ref(lm.model)
+        zero = (table.flatten(1) == 0).all(dim=1).tolist()
+        probs = np.zeros((len(reqs), 5))
+        steered: list[int] = []
+        plain: dict[tuple[str | None, str], list[int]] = {}
+        for i, r in enumerate(reqs):
+            key = (r.system_prompt, r.statement)
+            if r.steer is not None and not zero[r.steer]:
+                steered.append(i)
+            elif key in self._plain:
+                probs[i] = self._plain[key]
+            else:
+                plain.setdefault(key, []).append(i)
+        ask = [reqs[i] for i in steered] + [ReadRequest(k[0], k[1], None) for k in plain]
+        if ask:
+            out = option_probs(
+                lm,
+                ask,
+                batch_size=self.batch_size,
+                steering=table,
+                kv_store=self.kv_store,
+                position=self.position,
+            )
+            probs[steered] = out.probs[: len(steered)]
+            for row, (key, idx) in zip(out.probs[len(steered) :], plain.items()):
+                self._plain[key] = row.copy()
+                probs[idx] = row
+        answers = (5 - probs.argmax(axis=1)).astype(int)
+        return Readout(probs=probs, answers=answers, expected=probs @ ANSWER_VALUES, texts=None)
 
     def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
         """:meth:`fit` for several persons, their alpha searches sharing forward passes."""
