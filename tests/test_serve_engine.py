@@ -75,12 +75,18 @@ def test_engine_equals_generate(arch: str, tiny_lm: LoadedModel) -> None:
                 t.start()
             while eng.load["waiting"] < 6 and time.monotonic() - t0 < 20:
                 time.sleep(0.005)
+            # normally the long row is still running here; a busy machine can delay this
+            # thread until it has ended (seen on 2 cores beside a model job)
+            long_running = eng.load["running"] >= 1
         for t in [*ts, long]:
             t.join(60)
         assert [got[k] for k in range(6)] == [refs[k % 3] for k in range(6)]
         assert got[-1][:10] == refs[0]
         if arch == "qwen2":
-            assert eng.stats["merges"] >= 1 and eng.stats["max_rows"] == 7  # joined the long row
+            if long_running:  # the six waiting rows joined the running long row
+                assert eng.stats["merges"] >= 1 and eng.stats["max_rows"] == 7
+            else:
+                assert 2 <= eng.stats["max_rows"] <= 6
         else:  # sliding-window caches are never merged: the waiting rows run in fresh batches
             # (how many start together depends on thread timing: the long row may end early)
             assert eng.stats["merges"] == 0 and 2 <= eng.stats["max_rows"] <= 6
