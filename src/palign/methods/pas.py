@@ -349,11 +349,10 @@ class PAS(Method):
     def _read(self, lm: LoadedModel, reqs: list[Any], table: torch.Tensor) -> Any:
         """Read held-out (or oracle) requests with the selection readout and position."""
         from palign.models.readout import (
-            ANSWER_VALUES,
-            Readout,
             ReadRequest,
             generate_answers,
             option_probs,
+            readout_from_probs,
         )
 
         if self.selection_readout == "generate":
@@ -393,8 +392,7 @@ class PAS(Method):
             for row, (key, idx) in zip(out.probs[len(steered) :], plain.items()):
                 self._plain[key] = row.copy()
                 probs[idx] = row
-        answers = (5 - probs.argmax(axis=1)).astype(int)
-        return Readout(probs=probs, answers=answers, expected=probs @ ANSWER_VALUES, texts=None)
+        return readout_from_probs(probs)
 
     def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
         """:meth:`fit` for several persons, their alpha searches sharing forward passes."""

@@ -91,6 +91,12 @@ class Readout:
 
 
 # --- helpers --------------------------------------------------------------------------------
+def readout_from_probs(probs: np.ndarray) -> Readout:
+    """The logits readout of (n, 5) option probabilities: argmax answers (5 = A), expectations."""
+    answers = (5 - probs.argmax(axis=1)).astype(int)
+    return Readout(probs=probs, answers=answers, expected=probs @ ANSWER_VALUES, texts=None)
+
+
 def _forward_params(model: Any) -> Any:
     return inspect.signature(model.forward).parameters
 
@@ -690,8 +696,7 @@ def option_probs(
                 ctx.one_stage(pkv, plen, seqs, keys, uniq, batch_size, probs, bar)
     if bar is not None:
         bar.close()
-    answers = (5 - probs.argmax(axis=1)).astype(int)
-    return Readout(probs=probs, answers=answers, expected=probs @ ANSWER_VALUES, texts=None)
+    return readout_from_probs(probs)
 
 
 def naive_option_probs(lm: LoadedModel, requests: Sequence[ReadRequest]) -> np.ndarray:
