@@ -103,6 +103,13 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
         "as the original code) or by validation accuracy alone (val)",
     )
     g.add_argument(
+        "--probe-split",
+        default=None,
+        choices=("items", "samples"),
+        help="the probes' 60/40 train/validation split: over items (default: both samples of "
+        "an item on one side) or over samples (samples: as the original code)",
+    )
+    g.add_argument(
         "--o-proj-path",
         default=None,
         help="module path template of the attention output projection for architectures palign "
@@ -122,7 +129,15 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
             raise PalignError(
                 f"bad --alpha-grid {args.alpha_grid!r}; give numbers like 0,1,2,4"
             ) from None
-    for name in ("alpha_selection", "alpha", "folds", "head_rank", "o_proj_path", "steer_position"):
+    for name in (
+        "alpha_selection",
+        "alpha",
+        "folds",
+        "head_rank",
+        "probe_split",
+        "o_proj_path",
+        "steer_position",
+    ):
         v = getattr(args, name, None)
         if v is not None:
             opts[name] = v

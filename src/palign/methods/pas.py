@@ -32,8 +32,10 @@ from palign.steering.pas import (
     DEFAULT_ALPHAS,
     DEFAULT_HEAD_RANK,
     DEFAULT_K,
+    DEFAULT_PROBE_SPLIT,
     PASResult,
     check_head_rank,
+    check_probe_split,
     fit_pas,
     oracle_alpha,
 )
@@ -122,7 +124,8 @@ class PAS(Method):
     0,1,2,4,6,8), ``alpha_selection`` (heldout | fixed | oracle), ``alpha`` (for fixed),
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
-    ``o_proj_path`` (module path template for unknown architectures),
+    ``probe_split`` (items | samples: the probes' 60/40 split over items, palign's default,
+    or over samples, the original code's), ``o_proj_path`` (module path template for unknown architectures),
     ``batch_size`` (readout rows per forward during selection, default 32),
     ``steer_position`` (all | last: the shift at every position of every forward, the
     paper's o_proj bias and the default, or only at the last position, the fast variant),
@@ -146,6 +149,7 @@ class PAS(Method):
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
+        self.probe_split = check_probe_split(str(o.get("probe_split", DEFAULT_PROBE_SPLIT)))
         from palign.models.readout import check_position
 
         self.position = check_position(str(o.get("steer_position", "all")))
@@ -238,6 +242,7 @@ class PAS(Method):
                 seed=seed,
                 K=self.k,
                 head_rank=self.head_rank,
+                probe_split=self.probe_split,
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             return res
@@ -254,6 +259,7 @@ class PAS(Method):
                 K=self.k,
                 item_ids=inv.shown_ids,
                 head_rank=self.head_rank,
+                probe_split=self.probe_split,
             )
         if self.selection == "fixed":
             return fit_pas(
@@ -264,10 +270,18 @@ class PAS(Method):
                 seed=seed,
                 K=self.k,
                 head_rank=self.head_rank,
+                probe_split=self.probe_split,
             )
         # oracle: fit on all shown items, then pick alpha on the TEST items
         res = fit_pas(
-            self.acts, answers, self.arch, alpha=1.0, seed=seed, K=self.k, head_rank=self.head_rank
+            self.acts,
+            answers,
+            self.arch,
+            alpha=1.0,
+            seed=seed,
+            K=self.k,
+            head_rank=self.head_rank,
+            probe_split=self.probe_split,
         )
         test = np.nan_to_num(person.answer_vector(inv, inv.test_ids, self.config.semantics))
         score = self._score_fn(lm, dataset, person, inv.test_ids, hide_held=False)
@@ -316,7 +330,12 @@ class PAS(Method):
                 train = a.clone()
                 train[held] = 0.0
                 fit = fit_person(
-                    self.acts, train, K=self.k, seed=self.config.seed, head_rank=self.head_rank
+                    self.acts,
+                    train,
+                    K=self.k,
+                    seed=self.config.seed,
+                    head_rank=self.head_rank,
+                    probe_split=self.probe_split,
                 )
                 u = layer_vectors_grid(fit, self.grid, self.arch)
                 hidden_ids = {shown[i] for i in held.tolist()}
@@ -415,6 +434,7 @@ class PAS(Method):
                 seed=self.config.seed,
                 K=self.k,
                 head_rank=self.head_rank,
+                probe_split=self.probe_split,
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             out.append(self._aligned(dataset, p, res))
@@ -465,6 +485,7 @@ class PAS(Method):
             "alpha": self.alpha,
             "folds": self.folds,
             "head_rank": self.head_rank,
+            "probe_split": self.probe_split,
             "steer_position": self.position,
             "selection_readout": self.selection_readout,
             "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,

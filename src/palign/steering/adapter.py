@@ -32,6 +32,7 @@ from palign.paths import atomic_write
 from palign.steering.arch import ArchSpec, resolve_arch
 from palign.steering.pas import (
     HEAD_RANKS,
+    PROBE_SPLITS,
     PASFit,
     PASResult,
     WoSource,
@@ -179,6 +180,7 @@ def save_adapter(
         "seed": fit.seed,
         "n_items": fit.n_items,
         "head_rank": fit.head_rank,
+        "probe_split": fit.probe_split,
         "position": "last",
         "palign_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -308,6 +310,10 @@ def load_adapter(
     head_rank = config.get("head_rank", "val")
     if head_rank not in HEAD_RANKS:
         raise _bad(folder, f"unknown head_rank {head_rank!r} (expected one of {HEAD_RANKS})")
+    # adapters written before the probe split was recorded split over items
+    probe_split = config.get("probe_split", "items")
+    if probe_split not in PROBE_SPLITS:
+        raise _bad(folder, f"unknown probe_split {probe_split!r} (expected one of {PROBE_SPLITS})")
     fit = PASFit(
         heads=heads,
         directions=tensors["directions"].float(),
@@ -321,6 +327,7 @@ def load_adapter(
         n_items=int(config.get("n_items", 0)),
         # adapters written before head_rank was recorded were ranked by validation accuracy
         head_rank=str(head_rank),
+        probe_split=str(probe_split),
     )
     errors_cfg = config.get("validation_errors") or {}
     try:

@@ -10,7 +10,8 @@ Per person:
 1. :func:`labels_for`: a sample is 1 if its letter matches the person (A for answer > 3, E
    for answer < 3), else 0; neutral (3) and missing answers are skipped.
 2. :func:`fit_person`: one logistic probe per head on a seeded 60/40 split *of items* (both
-   samples of an item fall on the same side), heads ranked by the mean of validation and
+   samples of an item fall on the same side; ``probe_split="samples"``: of the samples, as
+   the original code, seeded here), heads ranked by the mean of validation and
    training accuracy (``head_rank="mean"``, the original's ranking) or by validation accuracy
    alone (``head_rank="val"``); validation log-loss breaks ties; top ``K`` kept; per kept head
    the normalised
@@ -43,6 +44,8 @@ __all__ = [
     "DEFAULT_HEAD_RANK",
     "DEFAULT_K",
     "HEAD_RANKS",
+    "DEFAULT_PROBE_SPLIT",
+    "PROBE_SPLITS",
     "PASFit",
     "PASResult",
     "ScoreFn",
@@ -50,6 +53,7 @@ __all__ = [
     "fit_pas",
     "fit_person",
     "check_head_rank",
+    "check_probe_split",
     "fold_assignment",
     "head_scores",
     "labels_for",
@@ -66,6 +70,10 @@ DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0)
 HEAD_RANKS: tuple[str, ...] = ("mean", "val")
 #: The original code's head ranking: the mean of validation and training probe accuracy.
 DEFAULT_HEAD_RANK = "mean"
+PROBE_SPLITS: tuple[str, ...] = ("items", "samples")
+#: palign's probe split: 60/40 over items (the A and E samples of an item on one side).
+#: ``"samples"`` is the original code's: 60/40 over the samples (``np.random.choice``).
+DEFAULT_PROBE_SPLIT = "items"
 #: The error of an unparsed/out-of-range prediction (the largest possible on 1..5).
 UNPARSED_ERROR = 4.0
 
@@ -140,6 +148,7 @@ class PASFit:
     n_items: int = 0
     head_rank: str = DEFAULT_HEAD_RANK
     train_accuracy: torch.Tensor | None = None
+    probe_split: str = DEFAULT_PROBE_SPLIT
 
 
 def check_head_rank(head_rank: str) -> str:
@@ -150,6 +159,16 @@ def check_head_rank(head_rank: str) -> str:
             "(mean = mean of validation and training accuracy, as the original; val = validation)"
         )
     return head_rank
+
+
+def check_probe_split(probe_split: str) -> str:
+    """Return ``probe_split`` if it is one of :data:`PROBE_SPLITS`, else raise PalignError."""
+    if probe_split not in PROBE_SPLITS:
+        raise PalignError(
+            f"unknown probe split {probe_split!r}; use one of: {', '.join(PROBE_SPLITS)} "
+            "(items = both samples of an item on one side, palign's; samples = the original's)"
+        )
+    return probe_split
 
 
 def head_scores(
@@ -186,6 +205,15 @@ def _split_items(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torc
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def _split_samples(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's split of ``n`` samples: ``int(n * (1 - val_frac))`` drawn for training
+    without replacement, the rest for validation (seeded here; the original sets no seed)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=gen)
+    n_train = min(n - 1, max(1, int(n * (1 - val_frac))))
+    return perm[:n_train].sort().values, perm[n_train:].sort().values
+
+
 def fit_person(
     acts: torch.Tensor,
     answers: Any,
@@ -195,6 +223,7 @@ def fit_person(
     l2: float = 1.0,
     steps: int = 10,
     head_rank: str = DEFAULT_HEAD_RANK,
+    probe_split: str = DEFAULT_PROBE_SPLIT,
 ) -> PASFit:
     """Fit one person's PAS heads and directions.
 
@@ -202,13 +231,16 @@ def fit_person(
         acts: ``(2 * n_items, L, H, d)`` activations in the fixed layout (module docstring).
         answers: ``(n_items,)`` answers 1..5, 0/NaN = missing.
         K: heads to keep.
-        seed: seed of the 60/40 item split for the probes.
-        val_frac: fraction of items held out to rank the probes.
+        seed: seed of the 60/40 split for the probes.
+        val_frac: fraction of items (or samples) held out to rank the probes.
         l2: probe L2 penalty (sklearn ``1/C``).
         steps: Newton steps of the probes.
         head_rank: ``"mean"`` (default, the original's): rank heads by the mean of validation
             and training accuracy; ``"val"``: by validation accuracy alone. Ties: validation
             log-loss, then ``(layer, head)``.
+        probe_split: ``"items"`` (default): the split is over items, both samples of an item
+            on the same side; ``"samples"``: over the samples, as the original code (the A
+            and E samples of one item can fall on both sides).
 
     Returns:
         A :class:`PASFit`.
@@ -217,6 +249,7 @@ def fit_person(
         PalignError: bad shapes, or fewer than 2 answered non-neutral items.
     """
     check_head_rank(head_rank)
+    check_probe_split(probe_split)
     a = _answers_tensor(answers)
     _check_acts(acts, a.shape[0])
     y = labels_for(a)
@@ -226,13 +259,17 @@ def fit_person(
             f"PAS needs at least 2 answered non-neutral items, this person has "
             f"{usable.numel()}; give more answers"
         )
-    tr_items, va_items = _split_items(usable.numel(), seed, val_frac)
-    tr_items, va_items = usable[tr_items], usable[va_items]
 
     def samples(items: torch.Tensor) -> torch.Tensor:
         return torch.stack([2 * items, 2 * items + 1], dim=1).flatten()
 
-    tr, va = samples(tr_items), samples(va_items)
+    if probe_split == "samples":
+        pool = samples(usable)
+        tr_s, va_s = _split_samples(pool.numel(), seed, val_frac)
+        tr, va = pool[tr_s], pool[va_s]
+    else:
+        tr_items, va_items = _split_items(usable.numel(), seed, val_frac)
+        tr, va = samples(usable[tr_items]), samples(usable[va_items])
     probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
     train_acc = _probe_accuracy(acts, y, tr, probe.weights, probe.bias)
     score = head_scores(probe.val_accuracy, train_acc, head_rank)
@@ -254,6 +291,7 @@ def fit_person(
         n_items=int(usable.numel()),
         head_rank=head_rank,
         train_accuracy=tr_acc,
+        probe_split=probe_split,
     )
 
 
@@ -385,6 +423,7 @@ def select_alpha(
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
     head_rank: str = DEFAULT_HEAD_RANK,
+    probe_split: str = DEFAULT_PROBE_SPLIT,
 ) -> tuple[float, dict[float, float]]:
     """Choose alpha by seeded k-fold cross-validation over the *shown* items.
 
@@ -409,6 +448,7 @@ def select_alpha(
         item_ids: optional ids of the shown items (fold assignment by id, see
             :func:`fold_assignment`).
         head_rank: head ranking of the refits (see :func:`fit_person`).
+        probe_split: probe split of the refits (see :func:`fit_person`).
 
     Returns:
         ``(alpha, {alpha: mean absolute error})``.
@@ -429,7 +469,9 @@ def select_alpha(
         held = answered[torch.tensor(fold, dtype=torch.long)]
         train_answers = a.clone()
         train_answers[held] = 0.0
-        fit = fit_person(acts, train_answers, K=K, seed=seed, head_rank=head_rank)
+        fit = fit_person(
+            acts, train_answers, K=K, seed=seed, head_rank=head_rank, probe_split=probe_split
+        )
         u = layer_vectors_grid(fit, alphas, w_o)
         held_list = held.tolist()
         pred = score_fn(u, held_list)
@@ -504,6 +546,7 @@ def fit_pas(
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
     head_rank: str = DEFAULT_HEAD_RANK,
+    probe_split: str = DEFAULT_PROBE_SPLIT,
 ) -> PASResult:
     """Fit PAS on all shown items; alpha fixed, or selected by :func:`select_alpha`.
 
@@ -514,7 +557,7 @@ def fit_pas(
         alpha: a fixed alpha (``alpha_selection="fixed"``); ``None`` = cross-validate
             over ``grid`` with ``score_fn`` (``"heldout-kfold"``).
         score_fn: required when ``alpha`` is ``None``.
-        grid, k_folds, seed, K, item_ids, head_rank: as in :func:`select_alpha`.
+        grid, k_folds, seed, K, item_ids, head_rank, probe_split: as in :func:`select_alpha`.
     """
     if alpha is None:
         if score_fn is None:
@@ -530,13 +573,14 @@ def fit_pas(
             K=K,
             item_ids=item_ids,
             head_rank=head_rank,
+            probe_split=probe_split,
         )
         how = "heldout-kfold"
     else:
         if not math.isfinite(float(alpha)):
             raise PalignError(f"alpha must be a finite number, got {alpha}")
         chosen, errors, how = float(alpha), {}, "fixed"
-    fit = fit_person(acts, answers, K=K, seed=seed, head_rank=head_rank)
+    fit = fit_person(acts, answers, K=K, seed=seed, head_rank=head_rank, probe_split=probe_split)
     unit = unit_layer_vectors(fit, w_o)
     return PASResult(
         fit=fit,
