@@ -306,7 +306,9 @@ def run_eval_ray(
                 mine = [r for r, v in pending.items() if v[0] == si and v[1] == gen]
                 for r in mine:
                     k = pending.pop(r)[2]
-                    done_now, _ = ray.wait([r], timeout=0)
+                    # a group the actor finished may reach the driver after the news of its
+                    # death (a busy machine): wait briefly, a task that never ran fails at once
+                    done_now, _ = ray.wait([r], timeout=5.0)
                     if done_now and k is not None:
                         try:
                             accept(slot, k, ray.get(r))
