@@ -125,7 +125,8 @@ class PAS(Method):
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
     ``probe_split`` (items | samples: the probes' 60/40 split over items, palign's default,
-    or over samples, the original code's), ``o_proj_path`` (module path template for unknown architectures),
+    or over samples, the original code's), ``o_proj_path`` (module path template for
+    unknown architectures),
     ``batch_size`` (readout rows per forward during selection, default 32),
     ``steer_position`` (all | last: the shift at every position of every forward, the
     paper's o_proj bias and the default, or only at the last position, the fast variant),
@@ -193,6 +194,15 @@ class PAS(Method):
         # probes and directions run where the model runs (the activations are small)
         self.acts = shown_activations(lm, dataset, self.arch).to(lm.device)
 
+    def _fit_kw(self) -> dict[str, Any]:
+        """Keyword arguments of every PAS fit and refit (seed, K, head ranking, probe split)."""
+        return {
+            "seed": self.config.seed,
+            "K": self.k,
+            "head_rank": self.head_rank,
+            "probe_split": self.probe_split,
+        }
+
     def system_prompt(self, dataset: Dataset, person: Person, hide: set[str] | None = None) -> str:
         """System prompt of this variant (few-shot prompt without the ``hide`` items)."""
         if not self.few_shot:
@@ -230,7 +240,6 @@ class PAS(Method):
             self.setup(lm, dataset)
         inv = dataset.inventory
         answers = self._check_answers(dataset, person)
-        seed = self.config.seed
         if self.selection == "heldout" and self.selection_readout == "generate":
             # unparsed answers are handled as in the metric: see select_alpha_many
             ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person])
@@ -239,10 +248,7 @@ class PAS(Method):
                 answers,
                 self.arch,
                 alpha=alpha,
-                seed=seed,
-                K=self.k,
-                head_rank=self.head_rank,
-                probe_split=self.probe_split,
+                **self._fit_kw(),
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             return res
@@ -255,11 +261,8 @@ class PAS(Method):
                 score_fn=score,
                 grid=self.grid,
                 k_folds=self.folds,
-                seed=seed,
-                K=self.k,
                 item_ids=inv.shown_ids,
-                head_rank=self.head_rank,
-                probe_split=self.probe_split,
+                **self._fit_kw(),
             )
         if self.selection == "fixed":
             return fit_pas(
@@ -267,10 +270,7 @@ class PAS(Method):
                 answers,
                 self.arch,
                 alpha=float(self.alpha),
-                seed=seed,
-                K=self.k,
-                head_rank=self.head_rank,
-                probe_split=self.probe_split,
+                **self._fit_kw(),
             )
         # oracle: fit on all shown items, then pick alpha on the TEST items
         res = fit_pas(
@@ -278,10 +278,7 @@ class PAS(Method):
             answers,
             self.arch,
             alpha=1.0,
-            seed=seed,
-            K=self.k,
-            head_rank=self.head_rank,
-            probe_split=self.probe_split,
+            **self._fit_kw(),
         )
         test = np.nan_to_num(person.answer_vector(inv, inv.test_ids, self.config.semantics))
         score = self._score_fn(lm, dataset, person, inv.test_ids, hide_held=False)
@@ -332,10 +329,7 @@ class PAS(Method):
                 fit = fit_person(
                     self.acts,
                     train,
-                    K=self.k,
-                    seed=self.config.seed,
-                    head_rank=self.head_rank,
-                    probe_split=self.probe_split,
+                    **self._fit_kw(),
                 )
                 u = layer_vectors_grid(fit, self.grid, self.arch)
                 hidden_ids = {shown[i] for i in held.tolist()}
@@ -431,10 +425,7 @@ class PAS(Method):
                 answers,
                 self.arch,
                 alpha=alpha,
-                seed=self.config.seed,
-                K=self.k,
-                head_rank=self.head_rank,
-                probe_split=self.probe_split,
+                **self._fit_kw(),
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             out.append(self._aligned(dataset, p, res))

@@ -151,24 +151,31 @@ class PASFit:
     probe_split: str = DEFAULT_PROBE_SPLIT
 
 
+def _check_choice(value: str, choices: tuple[str, ...], what: str, legend: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else a one-line PalignError."""
+    if value not in choices:
+        raise PalignError(f"unknown {what} {value!r}; use one of: {', '.join(choices)} ({legend})")
+    return value
+
+
 def check_head_rank(head_rank: str) -> str:
     """Return ``head_rank`` if it is one of :data:`HEAD_RANKS`, else raise PalignError."""
-    if head_rank not in HEAD_RANKS:
-        raise PalignError(
-            f"unknown head ranking {head_rank!r}; use one of: {', '.join(HEAD_RANKS)} "
-            "(mean = mean of validation and training accuracy, as the original; val = validation)"
-        )
-    return head_rank
+    return _check_choice(
+        head_rank,
+        HEAD_RANKS,
+        "head ranking",
+        "mean = mean of validation and training accuracy, as the original; val = validation",
+    )
 
 
 def check_probe_split(probe_split: str) -> str:
     """Return ``probe_split`` if it is one of :data:`PROBE_SPLITS`, else raise PalignError."""
-    if probe_split not in PROBE_SPLITS:
-        raise PalignError(
-            f"unknown probe split {probe_split!r}; use one of: {', '.join(PROBE_SPLITS)} "
-            "(items = both samples of an item on one side, palign's; samples = the original's)"
-        )
-    return probe_split
+    return _check_choice(
+        probe_split,
+        PROBE_SPLITS,
+        "probe split",
+        "items = both samples of an item on one side, palign's; samples = the original's",
+    )
 
 
 def head_scores(
@@ -198,9 +205,12 @@ def _check_acts(acts: torch.Tensor, n_items: int) -> None:
         )
 
 
+def _seeded_perm(n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
 def _split_items(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=gen)
+    perm = _seeded_perm(n, seed)
     n_val = min(n - 1, max(1, int(round(val_frac * n))))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
@@ -208,8 +218,7 @@ def _split_items(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torc
 def _split_samples(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's split of ``n`` samples: ``int(n * (1 - val_frac))`` drawn for training
     without replacement, the rest for validation (seeded here; the original sets no seed)."""
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=gen)
+    perm = _seeded_perm(n, seed)
     n_train = min(n - 1, max(1, int(n * (1 - val_frac))))
     return perm[:n_train].sort().values, perm[n_train:].sort().values
 
