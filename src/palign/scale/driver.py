@@ -303,13 +303,17 @@ def run_eval_ray(
                 value = ray.get(ref)
             except ray.exceptions.RayActorError as e:
                 # the actor died: keep what it had already returned, redo the rest
-                mine = [r for r, v in pending.items() if v[0] == si and v[1] == gen]
-                for r in mine:
-                    k = pending.pop(r)[2]
-                    # a group the actor finished may reach the driver after the news of its
-                    # death (a busy machine): wait briefly, a task that never ran fails at once
-                    done_now, _ = ray.wait([r], timeout=5.0)
-                    if done_now and k is not None:
+                refs = [r for r, v in pending.items() if v[:2] == (si, gen)]
+                mine = {r: pending.pop(r)[2] for r in refs}
+                # a group the actor finished may reach the driver after the news of its death
+                # (a busy machine): one brief wait for all of them (5 s in all, not per group);
+                # a task that never ran fails at once
+                done_now, _ = (
+                    ray.wait(list(mine), num_returns=len(mine), timeout=5.0) if mine else ([], [])
+                )
+                for r in done_now:
+                    k = mine[r]
+                    if k is not None:
                         try:
                             accept(slot, k, ray.get(r))
                         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
