@@ -11,6 +11,7 @@ import collections
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -207,9 +208,18 @@ def test_killed_worker_loses_nothing(
     victim = ids[7]  # group 3 (persons 6, 7) is the second group of worker slot 1
     marker = tmp_path / "died"
 
+    out = tmp_path / "ray"
+    kept = [out / "persons" / f"{pid}.json" for pid in ids[2:4]]  # group 1, slot 1's first
+
     class DyingWorker(EvalWorker):
         def run_chunk(self, persons):
             if any(p.id == victim for p in persons) and not marker.exists():
+                # die only once the driver has written group 1: Ray sends a task's reply
+                # asynchronously, so a hard exit right after it could also lose group 1
+                # (then redone, correctly, but this test wants the kept path every time)
+                deadline = time.monotonic() + 120
+                while not all(f.exists() for f in kept) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 marker.write_text(str(os.getpid()))
                 os._exit(1)
             return super().run_chunk(persons)
@@ -227,7 +237,7 @@ def test_killed_worker_loses_nothing(
     events: list[tuple[str, dict]] = []
     res = run_eval_ray(
         cfg(),
-        tmp_path / "ray",
+        out,
         workers=2,
         dataset=papi,
         progress=False,
