@@ -246,7 +246,11 @@ def test_generate_answers_batched_equals_single(llama, monkeypatch):
     monkeypatch.setitem(sys.modules, "palign.steering", _fake_steering_module(calls))
     reqs_s = [ReadRequest(r.system_prompt, r.statement, steer=0) for r in reqs]
     generate_answers(
-        llama, reqs_s, max_new_tokens=2, batch_size=4, steering=torch.zeros(1, 2, 32),
+        llama,
+        reqs_s,
+        max_new_tokens=2,
+        batch_size=4,
+        steering=torch.zeros(1, 2, 32),
         position="last",
     )
     assert len(calls) == 1 and calls[0].shape == (4, 2, 32)

@@ -44,9 +44,13 @@ def test_kv_store_reuse_is_exact(tiny_lm: LoadedModel) -> None:
     reqs = [ReadRequest("sys", st, r) for r in (0, 1, 2) for st in STATEMENTS]
     fresh = option_probs(tiny_lm, reqs, batch_size=2, steering=table, position="last")
     store = KVStore()
-    first = option_probs(tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store, position="last")
+    first = option_probs(
+        tiny_lm, reqs[:4], batch_size=2, steering=table, kv_store=store, position="last"
+    )
     assert len(store) == 4  # the shared prefix + one entry per statement, whatever the rows
-    again = option_probs(tiny_lm, reqs, batch_size=3, steering=table, kv_store=store, position="last")
+    again = option_probs(
+        tiny_lm, reqs, batch_size=3, steering=table, kv_store=store, position="last"
+    )
     np.testing.assert_allclose(first.probs, fresh.probs[:4], atol=1e-5, rtol=0)
     np.testing.assert_allclose(again.probs, fresh.probs, atol=1e-5, rtol=0)
     tiny = KVStore(max_bytes=1)
