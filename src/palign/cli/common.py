@@ -82,9 +82,18 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--alpha-selection",
         default=None,
-        choices=("heldout", "oracle", "fixed"),
-        help="heldout (default: k-fold over the shown items), fixed (--alpha), or oracle (chosen "
-        "on the TEST items, as the original code did; labelled in every output)",
+        choices=("tuned", "heldout", "oracle", "fixed"),
+        help="tuned (default: the model's rule tuned on development persons, PAPI test-set "
+        "positions 200-299, where palign ships one, else heldout), heldout (k-fold over the "
+        "person's shown items), fixed (--alpha), or oracle (chosen on the TEST items, as the "
+        "original code did; labelled in every output)",
+    )
+    g.add_argument(
+        "--allow-dev-persons",
+        action="store_true",
+        default=None,
+        help="with a tuned alpha rule: evaluate the development persons it was tuned on "
+        "anyway (their results are labelled; refused by default)",
     )
     g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
     g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
@@ -137,6 +146,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
         "probe_split",
         "o_proj_path",
         "steer_position",
+        "allow_dev_persons",
     ):
         v = getattr(args, name, None)
         if v is not None:

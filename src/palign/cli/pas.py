@@ -73,6 +73,9 @@ def cmd_align(args: argparse.Namespace) -> None:
     }
     if res.alpha_selection == "oracle":
         extra["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
+    rule = getattr(method, "rule", None) if res.alpha_selection == "tuned" else None
+    if rule is not None:
+        extra["alpha_rule"] = rule.record()
     save_adapter(
         out,
         res,
@@ -92,6 +95,7 @@ def cmd_align(args: argparse.Namespace) -> None:
         "model": lm.model_id,
         "alpha": res.alpha,
         "alpha_selection": res.alpha_selection,
+        "alpha_rule": rule.rule_id if rule is not None else None,
         "validation_errors": {
             format(k, "g"): round(v, 4) for k, v in res.validation_errors.items()
         },
@@ -103,7 +107,8 @@ def cmd_align(args: argparse.Namespace) -> None:
     errs = ", ".join(f"{k}: {v:.3f}" for k, v in payload["validation_errors"].items()) or "-"
     human = (
         f"aligned {lm.model_id} to person {who} with {args.method}: alpha {res.alpha:g} "
-        f"({res.alpha_selection}), {len(res.fit.heads)} heads, steering at {method.position} "
+        f"({res.alpha_selection}{': ' + rule.rule_id if rule is not None else ''}), "
+        f"{len(res.fit.heads)} heads, steering at {method.position} "
         f"positions, {size:,} bytes -> {out}\n"
         f"held-out shown-item error per alpha: {errs}\n"
         f"top heads (layer, head): {', '.join(f'({a},{b})' for a, b in res.fit.heads[:8])}"

@@ -352,6 +352,8 @@ def plan_run(
     method = method or get_method(cfg.method, MethodConfig(cfg.semantics, cfg.seed, cfg.options))
     if cfg.readout != "logits" and getattr(method, "needs_logits_readout", False):
         raise PalignError("calibrated methods need --readout logits")
+    if hasattr(method, "bind_model"):  # PAS: the tuned alpha rule is part of the identity
+        method.bind_model(cfg.model, cfg.inventory)
     dataset = dataset or load_dataset(cfg.data, cfg.inventory)
     persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]

@@ -41,7 +41,10 @@ from palign.steering.pas import (
 )
 
 DEFAULT_FOLDS = 3
-SELECTIONS = ("heldout", "fixed", "oracle")
+SELECTIONS = ("tuned", "heldout", "fixed", "oracle")
+#: default alpha selection: the model's rule tuned on development persons where palign ships
+#: one (:mod:`palign.methods.alpha_rules`), else the held-out search over the shown items
+DEFAULT_SELECTION = "tuned"
 
 
 def contrastive_prompts(lm: LoadedModel, dataset: Dataset, system_prompt: str | None) -> list[str]:
@@ -121,7 +124,10 @@ class PAS(Method):
     """PAS with the neutral system prompt.
 
     Options (``MethodConfig.options``): ``k`` (heads, default 24), ``alpha_grid`` (default
-    0,1,2,4,6,8), ``alpha_selection`` (heldout | fixed | oracle), ``alpha`` (for fixed),
+    0,1,2,4,6,8), ``alpha_selection`` (tuned | heldout | fixed | oracle: tuned, the default, is
+    the model's rule tuned on development persons, falling back to heldout where palign has
+    none), ``alpha`` (for fixed), ``allow_dev_persons`` (evaluate the development persons a
+    tuned rule was tuned on, labelled as such),
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
     ``probe_split`` (items | samples: the probes' 60/40 split over items, palign's default,
@@ -145,7 +151,10 @@ class PAS(Method):
         o = self.config.options
         self.k = int(o.get("k", DEFAULT_K))
         self.grid = [float(a) for a in o.get("alpha_grid", DEFAULT_ALPHAS)]
-        self.selection = str(o.get("alpha_selection", "heldout"))
+        self.selection = str(o.get("alpha_selection", DEFAULT_SELECTION))
+        self.allow_dev_persons = bool(o.get("allow_dev_persons", False))
+        self.rule: Any = None  # the tuned AlphaRule in use (bind_model), None = none
+        self._bound: tuple[str, str] | None = None
         self.alpha = o.get("alpha")
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
@@ -182,10 +191,47 @@ class PAS(Method):
         self._plain: dict[tuple[str | None, str], np.ndarray] = {}
         self._plain_owner: weakref.ref | None = None
 
+    def bind_model(self, model_spec: str, inventory: str) -> None:
+        """Resolve the tuned alpha rule of ``model_spec`` (``alpha_selection="tuned"``).
+
+        Records it in the options (``alpha_rule``: its id, or ``"none"`` when palign has no
+        rule for this model, variant, position and semantics and the held-out search runs),
+        so a run folder is never resumed under another rule. Called by the run planner
+        before any check of the run folder, and by :meth:`setup`.
+        """
+        if self.selection != "tuned" or self._bound == (model_spec, inventory):
+            return
+        from palign.methods.alpha_rules import find_rule
+
+        self.rule = find_rule(
+            model_spec, self.name, self.position, self.config.semantics, inventory
+        )
+        self._bound = (model_spec, inventory)
+        resolved = self.rule.rule_id if self.rule else "none"
+        planned = self.config.options.get("alpha_rule")
+        if planned is not None and planned != resolved:  # e.g. a Ray worker with other rules
+            raise PalignError(
+                f"this run was planned with alpha rule {planned!r} but this process resolves "
+                f"{resolved!r} (another palign version or ${'PALIGN_ALPHA_RULES'}); use the same "
+                "palign and rules file everywhere"
+            )
+        self.config.options["alpha_rule"] = resolved
+
+    def _tuned_rule(self, person: Person) -> Any:
+        """The rule in use for ``person`` (None: held-out search); refuses development persons
+        the rule was tuned on unless ``allow_dev_persons``."""
+        if self.selection != "tuned" or self.rule is None:
+            return None
+        from palign.data.protocol import check_reportable
+
+        check_reportable([person.id], self.rule.dev_persons, allow=self.allow_dev_persons)
+        return self.rule
+
     def setup(self, lm: LoadedModel, dataset: Dataset) -> None:
         """Resolve the architecture and load/capture the contrastive activations."""
         from palign.steering.arch import resolve_arch
 
+        self.bind_model(lm.spec, dataset.inventory.name)
         self.arch = resolve_arch(lm.model, self.config.options.get("o_proj_path"))
         if self.k > self.arch.n_layers * self.arch.n_heads:
             raise PalignError(
@@ -240,7 +286,21 @@ class PAS(Method):
             self.setup(lm, dataset)
         inv = dataset.inventory
         answers = self._check_answers(dataset, person)
-        if self.selection == "heldout" and self.selection_readout == "generate":
+        rule = self._tuned_rule(person)
+        if rule is not None:
+            errors = (
+                self.select_alpha_many(lm, dataset, [person])[0][1] if rule.needs_heldout else {}
+            )
+            res = fit_pas(
+                self.acts,
+                answers,
+                self.arch,
+                alpha=rule.choose(self.grid, errors),
+                **self._fit_kw(),
+            )
+            res.alpha_selection, res.validation_errors = "tuned", errors
+            return res
+        if self.selection in ("heldout", "tuned") and self.selection_readout == "generate":
             # unparsed answers are handled as in the metric: see select_alpha_many
             ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person])
             res = fit_pas(
@@ -252,7 +312,7 @@ class PAS(Method):
             )
             res.alpha_selection, res.validation_errors = "heldout-kfold", errors
             return res
-        if self.selection == "heldout":
+        if self.selection in ("heldout", "tuned"):
             score = self._score_fn(lm, dataset, person, inv.shown_ids, hide_held=True)
             return fit_pas(
                 self.acts,
@@ -409,13 +469,20 @@ class PAS(Method):
 
     def fit_many(self, lm: LoadedModel, dataset: Dataset, persons: list[Person]) -> list[Aligned]:
         """:meth:`fit` for several persons, their alpha searches sharing forward passes."""
-        if self.selection != "heldout" or len(persons) < 2:
-            return [self.fit(lm, dataset, p) for p in persons]
         if self.acts is None:
             self.setup(lm, dataset)
+        rule = self.rule if self.selection == "tuned" else None
+        searched = self.selection == "heldout" or (
+            self.selection == "tuned" and (rule is None or rule.needs_heldout)
+        )
+        if not searched or len(persons) < 2:
+            return [self.fit(lm, dataset, p) for p in persons]
         for p in persons:
             self._check_answers(dataset, p)
+            self._tuned_rule(p)
         chosen = self.select_alpha_many(lm, dataset, persons)
+        if rule is not None:
+            chosen = [(rule.choose(self.grid, errors), errors) for _, errors in chosen]
         out = []
         inv = dataset.inventory
         for p, (alpha, errors) in zip(persons, chosen):
@@ -427,7 +494,8 @@ class PAS(Method):
                 alpha=alpha,
                 **self._fit_kw(),
             )
-            res.alpha_selection, res.validation_errors = "heldout-kfold", errors
+            res.alpha_selection = "tuned" if rule is not None else "heldout-kfold"
+            res.validation_errors = errors
             out.append(self._aligned(dataset, p, res))
         return out
 
@@ -456,6 +524,14 @@ class PAS(Method):
         }
         if res.alpha_selection == "oracle":
             info["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
+        if res.alpha_selection == "tuned":
+            info["alpha_rule"] = self.rule.record()
+            if person.id in self.rule.dev_persons:
+                info["warning"] = (
+                    "development person: the alpha rule was tuned on this person's test items"
+                )
+        elif self.selection == "tuned":
+            info["alpha_rule"] = None  # no rule for this model: held-out search
         info["steer_position"] = self.position
         return Aligned(
             person.id,
@@ -473,6 +549,7 @@ class PAS(Method):
             "k": self.k,
             "alpha_grid": self.grid,
             "alpha_selection": self.selection,
+            "alpha_rule": self.rule.record() if self.rule is not None else None,
             "alpha": self.alpha,
             "folds": self.folds,
             "head_rank": self.head_rank,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -170,6 +171,10 @@ def run_eval_ray(
         kw: dict[str, Any] = {"log_to_driver": False}
         if address is None:  # a new local instance (an existing cluster refuses these)
             kw["include_dashboard"] = False
+        from palign.methods.alpha_rules import RULES_ENV
+
+        if os.environ.get(RULES_ENV):  # workers resolve the same tuned alpha rules
+            kw["runtime_env"] = {"env_vars": {RULES_ENV: os.environ[RULES_ENV]}}
         kw.update(ray_init or {})
         if address:
             check_reachable(address)

@@ -54,7 +54,7 @@ __all__ = [
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
 FORMAT_VERSION = 1
-ALPHA_SELECTIONS = ("heldout-kfold", "fixed", "oracle")
+ALPHA_SELECTIONS = ("heldout-kfold", "tuned", "fixed", "oracle")
 _KIND = "palign-pas-adapter"
 
 

@@ -528,7 +528,8 @@ class PASResult:
     Attributes:
         fit: heads and directions fitted on all shown items.
         alpha: the chosen alpha.
-        alpha_selection: ``"heldout-kfold"`` or ``"fixed"`` (or ``"oracle"``).
+        alpha_selection: ``"heldout-kfold"``, ``"tuned"`` (a rule tuned on development
+            persons, :mod:`palign.methods.alpha_rules`) or ``"fixed"`` (or ``"oracle"``).
         validation_errors: alpha -> held-out MAE (empty for ``"fixed"``).
         u: ``(L, hidden)`` steering vectors at ``alpha``.
         u_unit: ``(L, hidden)`` steering vectors at ``alpha = 1``.

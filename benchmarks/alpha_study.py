@@ -1,0 +1,364 @@
+"""Alpha study: why held-out shown items choose alpha 0, and an alpha rule that transfers.
+
+    # development persons (PAPI test-set positions 200-299): their test items may be read
+    python benchmarks/alpha_study.py --model qwen2.5-coder-0.5b --persons dev:8 --test-items 60
+    # reported persons: every alpha of the grid on all 180 test items (the ORACLE headroom)
+    python benchmarks/alpha_study.py --model qwen2.5-coder-0.5b --persons reported:10
+    # the page from what is finished (no model)
+    python benchmarks/alpha_study.py --model qwen2.5-coder-0.5b --report
+
+Per person (PAS with the neutral prompt, K 24, mean ranking, steering at all positions, logits
+readout, seed 0; the final fit uses all answered shown items, exactly as ``palign align``):
+
+* ``test``: the final direction's answers on the test items at every alpha of ``--grid``
+  (``--test-items N`` reads N of them, spread over the traits). On a reported person this is
+  the ORACLE headroom (the best alpha on the scored items): it is reported as such, never as a
+  method's score, and no rule is tuned on it.
+* ``heldout`` (``--heldout``): palign's held-out selection as it runs in ``pas`` (the same 3
+  folds, refits and pooled error over the shown items), per alpha.
+* ``fold_test`` (``--fold-test``): each fold's direction read on the same test items: held-out
+  shown items vs test items at equal directions isolates the item sets, fold vs final
+  directions at equal items isolates the direction.
+* ``diag`` (no reads): cosine of each fold's steering vectors (``u`` at alpha 1, all layers)
+  with the final one, the ratio of their norms, the kept heads shared, and the ``sigma`` scale.
+
+Rules (``--report``) are tuned on development persons only (``--persons dev:N``; the script
+refuses to tune on anybody else) and then applied unchanged to reported persons. Raw records
+go to ``runs/alpha-study-<model>/persons/<id>.json`` (resumable); the page to
+``docs/results/alpha-selection-<model>.md`` (+ ``.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from palign.errors import PalignError
+
+DEFAULT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+def parse_persons(ds: Any, spec: str) -> tuple[str, list[Any]]:
+    """``dev:N`` / ``reported:N`` / comma-separated ids -> (set name, persons)."""
+    from palign.data.protocol import development_ids, development_persons
+
+    if spec.startswith("dev:"):
+        return "dev", development_persons(ds, int(spec[4:]))
+    if spec.startswith("reported:"):
+        return "reported", ds.persons[: int(spec[9:])]
+    ids = [s.strip() for s in spec.split(",") if s.strip()]
+    persons = [ds.person(i) for i in ids]
+    dev = development_ids(ds)
+    kinds = {("dev" if p.id in dev else "reported") for p in persons}
+    if len(kinds) > 1:
+        raise PalignError("give development and reported persons in separate runs")
+    return kinds.pop(), persons
+
+
+def _trait_sum(pred: np.ndarray, truth: np.ndarray, traits_of: list[str]) -> float:
+    """Sum over traits of the MAE (items with a missing truth skipped)."""
+    per: dict[str, list[float]] = {}
+    for p, t, tr in zip(pred, truth, traits_of):
+        if t > 0:
+            per.setdefault(tr, []).append(abs(float(p) - float(t)))
+    return float(sum(np.mean(v) for v in per.values()))
+
+
+def study_person(
+    pas: Any,
+    lm: Any,
+    ds: Any,
+    person: Any,
+    grid: list[float],
+    test_ids: list[str],
+    heldout: bool,
+    fold_test: bool,
+    diag_only: bool = False,
+) -> dict[str, Any]:
+    """Every read of one person (see the module doc); ``diag_only``: no reads."""
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
+    from palign.models.readout import ReadRequest
+    from palign.steering.pas import fit_person, fold_assignment, unit_layer_vectors
+
+    inv = ds.inventory
+    shown = inv.shown_ids
+    kw = pas._fit_kw()
+    a = np.nan_to_num(person.answer_vector(inv, shown, pas.config.semantics))
+    fit = fit_person(pas.acts, a, **kw)
+    unit = unit_layer_vectors(fit, pas.arch).double()
+    answered = [i for i in range(len(shown)) if a[i] > 0]
+    folds = fold_assignment(len(answered), pas.folds, pas.config.seed, [shown[i] for i in answered])
+    fold_units, diag = [], []
+    for fold in folds:
+        held = [answered[j] for j in fold]
+        train = a.copy()
+        train[held] = 0.0
+        ff = fit_person(pas.acts, train, **kw)
+        fu = unit_layer_vectors(ff, pas.arch).double()
+        fold_units.append(fu)
+        cos = float(torch.nn.functional.cosine_similarity(fu.flatten(), unit.flatten(), dim=0))
+        diag.append(
+            {
+                "cosine": cos,
+                "norm_ratio": float(fu.norm() / unit.norm()),
+                "heads_shared": len(set(map(tuple, ff.heads)) & set(map(tuple, fit.heads))),
+                "sigma_ratio": float(ff.sigmas.mean() / fit.sigmas.mean()),
+                "n_train": int((train > 0).sum()),
+            }
+        )
+    statements = {i: inv.statement(inv.item(i)) for i in test_ids}
+    truth = np.nan_to_num(person.answer_vector(inv, test_ids, pas.config.semantics))
+
+    def read(units: list[torch.Tensor]) -> np.ndarray:
+        """Answers ``(len(units), n_alpha, n_test)`` of the test items."""
+        rows = [al * u for u in units for al in grid]
+        reqs = [
+            ReadRequest(NEUTRAL_SYSTEM_PROMPT, statements[i], r)
+            for r in range(len(rows))
+            for i in test_ids
+        ]
+        out = pas._read(lm, reqs, torch.stack(rows).float())
+        return out.answers.reshape(len(units), len(grid), len(test_ids))
+
+    rec: dict[str, Any] = {
+        "person": person.id,
+        "grid": grid,
+        "test_ids": test_ids,
+        "truth_test": truth.tolist(),
+        "diag": diag,
+        "final_sigma_mean": float(fit.sigmas.mean()),
+    }
+    t0 = time.perf_counter()
+    if diag_only:
+        return rec
+    rec["test"] = read([unit])[0].tolist()
+    if fold_test:
+        rec["fold_test"] = read(fold_units).tolist()
+    if heldout:
+        pas.grid = list(grid)
+        ((alpha, errors),) = pas.select_alpha_many(lm, ds, [person])
+        rec["heldout"] = {format(k, "g"): v for k, v in errors.items()}
+        rec["heldout_alpha"] = alpha
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+
+def person_curves(rec: dict[str, Any], traits_of: dict[str, str]) -> dict[str, Any]:
+    """Per alpha: the test sum of trait MAEs and mean error (final and fold directions)."""
+    grid = rec["grid"]
+    truth = np.asarray(rec["truth_test"])
+    tr = [traits_of[i] for i in rec["test_ids"]]
+    ok = truth > 0
+    test = np.asarray(rec["test"])
+    out: dict[str, Any] = {
+        "test_sum": {format(g, "g"): _trait_sum(test[k], truth, tr) for k, g in enumerate(grid)},
+        "test_err": {
+            format(g, "g"): float(np.abs(test[k][ok] - truth[ok]).mean())
+            for k, g in enumerate(grid)
+        },
+    }
+    if "fold_test" in rec:
+        ft = np.asarray(rec["fold_test"])  # (folds, alpha, items)
+        out["fold_test_err"] = {
+            format(g, "g"): float(np.abs(ft[:, k][:, ok] - truth[ok]).mean())
+            for k, g in enumerate(grid)
+        }
+    if "heldout" in rec:
+        out["heldout_err"] = rec["heldout"]
+    return out
+
+
+def best(curve: dict[str, float]) -> float:
+    """The alpha with the lowest value (ties: the smaller alpha)."""
+    return min((float(k) for k in curve), key=lambda al: (curve[format(al, "g")], al))
+
+
+def rule_alpha(rule: dict[str, Any], curves: dict[str, Any]) -> float:
+    """The alpha a rule picks for one person from what it may read (never the test curve)."""
+    if rule["kind"] == "fixed":
+        return float(rule["alpha"])
+    if rule["kind"] == "heldout":
+        return best(curves["heldout_err"])
+    if rule["kind"] == "heldout-floor":  # held-out choice, never below the floor
+        h = {k: v for k, v in curves["heldout_err"].items() if float(k) >= rule["floor"]}
+        return best(h)
+    if rule["kind"] == "heldout-margin":  # stay at the prior unless held-out beats it clearly
+        h = curves["heldout_err"]
+        prior = format(float(rule["alpha"]), "g")
+        b = best(h)
+        return b if h[format(b, "g")] < h[prior] - rule["margin"] else float(rule["alpha"])
+    raise PalignError(f"unknown rule kind {rule['kind']!r}")
+
+
+def candidate_rules(grid: list[float], with_heldout: bool) -> list[dict[str, Any]]:
+    """Every rule measured: fixed alphas, and (with held-out curves) held-out variants."""
+    rules = [{"name": f"fixed {g:g}", "kind": "fixed", "alpha": g} for g in grid]
+    if with_heldout:
+        rules.append({"name": "heldout (today's default)", "kind": "heldout"})
+        for g in grid:
+            if g > 0:
+                rules.append({"name": f"heldout, floor {g:g}", "kind": "heldout-floor", "floor": g})
+                rules.append(
+                    {
+                        "name": f"heldout, prior {g:g} margin 0.05",
+                        "kind": "heldout-margin",
+                        "alpha": g,
+                        "margin": 0.05,
+                    }
+                )
+    return rules
+
+
+def score_rule(rule: dict[str, Any], per: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean test sum of a rule over persons, its alphas, wins/losses against alpha 0."""
+    sums, alphas, wins, losses = [], [], 0, 0
+    for curves in per.values():
+        al = rule_alpha(rule, curves)
+        s = curves["test_sum"][format(al, "g")]
+        v = curves["test_sum"]["0"]
+        sums.append(s)
+        alphas.append(al)
+        wins += s < v - 1e-9
+        losses += s > v + 1e-9
+    return {
+        "mean_sum": float(np.mean(sums)),
+        "ci95": float(1.96 * np.std(sums, ddof=1) / math.sqrt(len(sums)))
+        if len(sums) > 1
+        else float("nan"),
+        "alphas": alphas,
+        "nonzero": int(sum(a != 0 for a in alphas)),
+        "wins": int(wins),
+        "losses": int(losses),
+        "n": len(sums),
+    }
+
+
+def summarise_diag(diag: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Means over persons and folds of each diagnostic."""
+    rows = [f for folds in diag.values() for f in folds]
+    keys = ("cosine", "norm_ratio", "heads_shared", "sigma_ratio")
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n_persons": len(diag)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--persons", default="dev:8", help="dev:N, reported:N or comma-separated ids")
+    ap.add_argument("--grid", default=",".join(format(g, "g") for g in DEFAULT_GRID))
+    ap.add_argument("--test-items", type=int, default=None, help="test items read (default all)")
+    ap.add_argument("--heldout", action="store_true", help="also the held-out alpha search")
+    ap.add_argument("--fold-test", action="store_true", help="also the fold directions on test")
+    ap.add_argument(
+        "--diag-only", action="store_true", help="only the direction diagnostics (no reads)"
+    )
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--runs", default="runs")
+    ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report", action="store_true", help="only write the page")
+    args = ap.parse_args(argv)
+    from palign.data import load_dataset
+    from palign.eval.runs import test_items, write_json_atomic
+
+    try:
+        ds = load_dataset(args.data, "ipip-neo")
+        grid = sorted({float(x) for x in args.grid.split(",")} | {0.0})
+        run = Path(args.runs) / f"alpha-study-{args.model}"
+        (run / "persons").mkdir(parents=True, exist_ok=True)
+        if not args.report:
+            kind, persons = parse_persons(ds, args.persons)
+            from palign.methods import MethodConfig, get_method
+            from palign.models.loading import load_model
+
+            lm = load_model(args.model)
+            pas = get_method("pas", MethodConfig("agreement", args.seed, {"steer_position": "all"}))
+            pas.setup(lm, ds)
+            tids = test_items(ds.inventory, args.test_items)
+            if args.diag_only:
+                diag = {}
+                for p in persons:
+                    rec = study_person(pas, lm, ds, p, grid, tids, False, False, diag_only=True)
+                    diag[p.id] = rec["diag"]
+                path = run / f"diag-{kind}.json"
+                write_json_atomic(path, diag)
+                print(json.dumps(summarise_diag(diag), indent=1))
+                return 0
+            for p in persons:
+                path = run / "persons" / f"{p.id}.json"
+                old = json.loads(path.read_text()) if path.exists() else None
+                want = (grid, tids, args.heldout, args.fold_test)
+                if (
+                    old
+                    and (old["grid"], old["test_ids"]) == want[:2]
+                    and (
+                        ("heldout" in old) >= args.heldout
+                        and ("fold_test" in old) >= args.fold_test
+                    )
+                ):
+                    continue
+                t0 = time.perf_counter()
+                rec = study_person(pas, lm, ds, p, grid, tids, args.heldout, args.fold_test)
+                rec["set"] = kind
+                rec["model"] = args.model
+                write_json_atomic(path, rec)
+                print(f"{kind} {p.id}: {time.perf_counter() - t0:.0f} s", flush=True)
+        d = report(ds, run, args.model, args.out)
+        print(json.dumps({k: d[k] for k in ("chosen", "reported")}, indent=1))
+    except PalignError as e:
+        print(f"alpha_study: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def report(ds: Any, run: Path, model: str, out_dir: str) -> dict[str, Any]:
+    """Tune the rules on the development persons, apply them to the reported ones, write."""
+    from palign.data.protocol import check_tuning_persons
+
+    inv = ds.inventory
+    traits_of = {i: inv.item(i).trait for i in inv.test_ids}
+    recs = [json.loads(p.read_text()) for p in sorted((run / "persons").glob("*.json"))]
+    dev = {r["person"]: person_curves(r, traits_of) for r in recs if r["set"] == "dev"}
+    rep = {r["person"]: person_curves(r, traits_of) for r in recs if r["set"] == "reported"}
+    check_tuning_persons(ds, list(dev))
+    d: dict[str, Any] = {"model": model, "dev_persons": list(dev), "reported_persons": list(rep)}
+    if dev:
+        grid = [float(k) for k in next(iter(dev.values()))["test_sum"]]
+        rules = candidate_rules(
+            grid, all("heldout_err" in c for c in dev.values()) and len(dev) > 0
+        )
+        d["dev"] = {r["name"]: score_rule(r, dev) for r in rules}
+        chosen = min(rules, key=lambda r: (d["dev"][r["name"]]["mean_sum"], r["name"]))
+        d["chosen"] = chosen
+        if rep:
+            usable = [
+                r
+                for r in rules
+                if r["kind"] == "fixed" or all("heldout_err" in c for c in rep.values())
+            ]
+            d["reported"] = {r["name"]: score_rule(r, rep) for r in usable}
+            oracle = [min(c["test_sum"].values()) for c in rep.values()]
+            d["oracle_reported"] = float(np.mean(oracle))
+        else:
+            d["reported"] = {}
+    else:
+        d["chosen"], d["reported"] = None, {}
+    d["curves"] = {"dev": dev, "reported": rep}
+    d["diag"] = {r["person"]: r["diag"] for r in recs}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / f"alpha-study-{model}.json").write_text(json.dumps(d, indent=1))
+    return d
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
