@@ -138,3 +138,52 @@ def test_capture_without_position_ids_is_exact_and_says_why(model: torch.nn.Modu
     for i, p in enumerate(prompts):
         alone = capture_prompts(model, tok, [p], batch_size=1)
         torch.testing.assert_close(acts[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def _alone(model: torch.nn.Module, tok, prompts: list[str], **kw) -> torch.Tensor:
+    """The plain path: every prompt captured on its own (no stem shared)."""
+    return torch.cat([capture_prompts(model, tok, [p], **kw) for p in prompts])
+
+
+def test_shared_stems_equal_plain_capture(
+    model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompts that differ only in their last token (PAS's A/E pairs) run their common stem
+    once: the activations equal each prompt captured alone, rows in prompt order."""
+    from palign.steering import capture as cap
+
+    calls = []
+    real = cap._capture_shared_stems
+    monkeypatch.setattr(
+        cap, "_capture_shared_stems", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    tok = CharTokenizer()
+    stems = ["hello there, A:", "a much longer prompt text here:", "mid size one:"]
+    prompts = [s + c for s in stems for c in "AE"] + ["no twin here?"]
+    shared = capture_prompts(model, tok, prompts, batch_size=2)
+    plain = _alone(model, tok, prompts)
+    assert shared.shape == plain.shape
+    torch.testing.assert_close(shared, plain, rtol=0, atol=1e-5)
+    # the A and E rows of one stem differ (the last token is read, not the stem's)
+    assert (shared[0] - shared[1]).abs().max() > 1e-3
+    assert calls == [1]  # the shared path ran (once), the plain path for the single prompts
+
+
+@pytest.mark.slow
+def test_shared_stems_equal_plain_capture_smollm2() -> None:
+    """The same on the embedded SmolLM2 with the real contrastive prompts of PAS."""
+    from palign.models.loading import load_model
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
+
+    from palign.steering.capture import _cache_ok, _stems_shared
+
+    lm = load_model("smollm2")
+    st = ["You worry about things.", "You make friends easily.", "You are always busy."]
+    prompts = [build_prompt(lm.tokenizer, NEUTRAL_SYSTEM_PROMPT, s, c) for s in st for c in "AE"]
+    enc = {"encode": lambda t: encode_prompt(lm.tokenizer, t)}
+    ids = [encode_prompt(lm.tokenizer, p) for p in prompts]
+    assert _stems_shared(ids) and _cache_ok(lm.model, max(map(len, ids)))  # the shared path
+    shared = capture_prompts(lm.model, lm.tokenizer, prompts, batch_size=2, **enc)
+    plain = _alone(lm.model, lm.tokenizer, prompts, **enc)
+    torch.testing.assert_close(shared, plain, rtol=0, atol=2e-4)
+    assert (shared[0] - shared[1]).abs().max() > 1e-2

@@ -61,6 +61,7 @@ def capture_head_activations(
     batches: Iterable[Mapping[str, torch.Tensor] | torch.Tensor],
     arch: ArchSpec | None = None,
     positions: Iterable[torch.Tensor | Sequence[int] | None] | None = None,
+    muted: list[bool] | None = None,
 ) -> torch.Tensor:
     """Run ``model`` on ``batches`` and collect the o_proj inputs, split into heads.
 
@@ -72,6 +73,8 @@ def capture_head_activations(
         arch: resolved architecture (default: :func:`resolve_arch`).
         positions: optional, one entry per batch: per-row positions ``(B,)`` to read instead
             of the last one (``None`` entries = last).
+        muted: optional flag the caller sets (``muted[0] = True``) while it runs forwards of
+            its own between batches (e.g. filling a prompt cache) that must not be captured.
 
     Returns:
         ``(samples, n_layers, n_heads, head_dim)`` float32 on CPU, rows in batch order.
@@ -84,6 +87,8 @@ def capture_head_activations(
 
     def make_hook(layer: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if muted is not None and muted[0]:
+                return
             x = args[0]
             if current_pos[0] is None:
                 sel = x[:, -1]
@@ -118,7 +123,7 @@ def capture_head_activations(
                 current_pos[0] = pos
                 per_layer[:] = [None] * arch.n_layers
                 try:
-                    model(**inputs, use_cache=False)
+                    model(**inputs, use_cache="past_key_values" in inputs or "cache" in inputs)
                 except _StopForward:
                     pass
                 if any(t is None for t in per_layer):
@@ -186,6 +191,8 @@ def capture_prompts(
         pad_id = 0
     order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
     use_pos = _accepts(model, "position_ids")
+    if use_pos and _stems_shared(ids) and _cache_ok(model, max(len(x) for x in ids)):
+        return _capture_shared_stems(model, ids, int(pad_id), arch, batch_size, progress)
     groups = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     if not use_pos:
         # without explicit position ids, a left-padded row would see shifted positions: batch
@@ -228,6 +235,101 @@ def capture_prompts(
     acts = capture_head_activations(model, it, arch=arch)
     result = torch.empty_like(acts)
     result[torch.tensor([i for g in groups for i in g], dtype=torch.long)] = acts
+    return result
+
+
+def _stems_shared(ids: list[list[int]]) -> bool:
+    """Whether prompts share their tokens up to the last one (the A/E pairs of PAS)."""
+    stems = {tuple(x[:-1]) for x in ids if len(x) > 1}
+    return len(stems) < len(ids) and all(len(x) > 1 for x in ids)
+
+
+def _cache_ok(model: nn.Module, longest: int) -> bool:
+    """A model whose forward takes a prompt cache and keeps every token of ``longest``."""
+    params = inspect.signature(model.forward).parameters
+    if "past_key_values" not in params and "cache" not in params:
+        return False
+    cfg = getattr(model, "config", None)
+    cfg = getattr(cfg, "text_config", None) or cfg
+    window = getattr(cfg, "sliding_window", None)
+    return window is None or int(window) >= longest + 1
+
+
+def _capture_shared_stems(
+    model: nn.Module,
+    ids: list[list[int]],
+    pad_id: int,
+    arch: ArchSpec,
+    batch_size: int,
+    progress: bool,
+) -> torch.Tensor:
+    """:func:`capture_prompts` for prompts that share everything but their last token.
+
+    Each distinct stem (the prompt without its last token) runs once and fills a prompt
+    cache; the last tokens of all its prompts (e.g. the letters ``A`` and ``E``) then run as
+    one-token rows on copies of that cache, where the o_proj inputs are read. The same
+    attention as a full forward (left padding masked, explicit position ids), so the
+    activations equal the plain path's up to float rounding (tested), at about half the
+    tokens for the A/E pairs of PAS.
+    """
+    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    keep = {}
+    params = inspect.signature(model.forward).parameters
+    if "logits_to_keep" in params:
+        keep = {"logits_to_keep": 1}
+    stems: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(ids):
+        stems.setdefault(tuple(x[:-1]), []).append(i)
+    keys = sorted(stems, key=len)
+    groups = [keys[s : s + batch_size] for s in range(0, len(keys), batch_size)]
+    device = _model_device(model)
+    muted = [False]
+    rows_order: list[int] = []
+
+    def batches() -> Iterator[dict[str, Any]]:
+        for group in groups:
+            width = max(len(k) for k in group)
+            input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for r, k in enumerate(group):
+                input_ids[r, width - len(k) :] = torch.tensor(k, dtype=torch.long)
+                mask[r, width - len(k) :] = 1
+            pos = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            muted[0] = True
+            try:
+                with torch.no_grad():
+                    out = model(
+                        input_ids=input_ids.to(device),
+                        attention_mask=mask.to(device),
+                        position_ids=pos.to(device),
+                        use_cache=True,
+                        **keep,
+                    )
+            finally:
+                muted[0] = False
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            which = [r for r, k in enumerate(group) for _ in stems[k]]
+            rows_order.extend(i for k in group for i in stems[k])
+            cache.batch_select_indices(torch.tensor(which, dtype=torch.long, device=device))
+            last = torch.tensor([[ids[i][-1]] for k in group for i in stems[k]])
+            sel = torch.tensor(which, dtype=torch.long)
+            yield {
+                "input_ids": last,
+                "attention_mask": torch.cat(
+                    [mask[sel], torch.ones(len(which), 1, dtype=torch.long)], dim=1
+                ),
+                "position_ids": torch.tensor([[len(ids[i]) - 1] for k in group for i in stems[k]]),
+                kw: cache,
+            }
+
+    it: Iterable[dict[str, Any]] = batches()
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(groups), desc="capture")
+    acts = capture_head_activations(model, it, arch=arch, muted=muted)
+    result = torch.empty_like(acts)
+    result[torch.tensor(rows_order, dtype=torch.long)] = acts
     return result
 
 
