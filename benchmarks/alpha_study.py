@@ -355,9 +355,79 @@ def report(ds: Any, run: Path, model: str, out_dir: str) -> dict[str, Any]:
         d["chosen"], d["reported"] = None, {}
     d["curves"] = {"dev": dev, "reported": rep}
     d["diag"] = {r["person"]: r["diag"] for r in recs}
+    d["test_items"] = {r["set"]: len(r["test_ids"]) for r in recs}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / f"alpha-study-{model}.json").write_text(json.dumps(d, indent=1))
+    (Path(out_dir) / f"alpha-study-{model}.md").write_text(markdown(d))
     return d
+
+
+def _curve_table(curves: dict[str, Any], diag: dict[str, Any], key: str) -> list[str]:
+    grid = list(next(iter(curves.values()))[key])
+    lines = [
+        "| person | " + " | ".join(f"alpha {g}" for g in grid) + " | best | fold/final cosine"
+        " | fold/final norm |",
+        "|---|" + "---|" * (len(grid) + 3),
+    ]
+    for pid, c in curves.items():
+        dg = diag.get(pid, [])
+        cos = np.mean([x["cosine"] for x in dg]) if dg else float("nan")
+        nr = np.mean([x["norm_ratio"] for x in dg]) if dg else float("nan")
+        lines.append(
+            f"| {pid} | "
+            + " | ".join(f"{c[key][g]:.3f}" for g in grid)
+            + f" | {best(c[key]):g} | {cos:.2f} | {nr:.2f} |"
+        )
+    means = [np.mean([c[key][g] for c in curves.values()]) for g in grid]
+    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " | | | |")
+    return lines
+
+
+def markdown(d: dict[str, Any]) -> str:
+    """The page of one model's study (see the module doc)."""
+    m = d["model"]
+    out = [f"# Alpha study: {m}", ""]
+    n_dev, n_rep = len(d["dev_persons"]), len(d["reported_persons"])
+    ti = d.get("test_items", {})
+    out += [
+        f"Development persons (PAPI test-set positions 200-299): {n_dev} "
+        f"({', '.join(d['dev_persons'])}), {ti.get('dev', '-')} test items each. Reported "
+        f"persons (the first of the test set): {n_rep}, {ti.get('reported', '-')} test items "
+        "each. PAS with the neutral prompt, K 24, mean ranking, steering at all positions, "
+        "logits readout, seed 0; the direction is the final fit on all shown items.",
+        "",
+    ]
+    if d["curves"]["dev"]:
+        out += ["## Development persons: sum of trait MAEs per alpha (test items)", ""]
+        out += _curve_table(d["curves"]["dev"], d["diag"], "test_sum")
+        out += ["", "Rules on the development persons (mean sum of trait MAEs):", ""]
+        out += ["| rule | mean | ± 95% | non-zero alpha | better / worse than alpha 0 |"]
+        out += ["|---|---|---|---|---|"]
+        for name, r in sorted(d["dev"].items(), key=lambda kv: kv[1]["mean_sum"]):
+            out.append(
+                f"| {name} | {r['mean_sum']:.3f} | {r['ci95']:.2f} | {r['nonzero']}/{r['n']} | "
+                f"{r['wins']} / {r['losses']} |"
+            )
+        out += ["", f"Chosen on the development persons: **{d['chosen']['name']}**.", ""]
+    if d["curves"]["reported"]:
+        out += ["## Reported persons: the rules applied unchanged", ""]
+        out += ["| rule | mean | ± 95% | non-zero alpha | better / worse than alpha 0 |"]
+        out += ["|---|---|---|---|---|"]
+        for name, r in sorted(d["reported"].items(), key=lambda kv: kv[1]["mean_sum"]):
+            mark = " (chosen on dev)" if d.get("chosen") and name == d["chosen"]["name"] else ""
+            out.append(
+                f"| {name}{mark} | {r['mean_sum']:.3f} | {r['ci95']:.2f} | "
+                f"{r['nonzero']}/{r['n']} | {r['wins']} / {r['losses']} |"
+            )
+        if "oracle_reported" in d:
+            out += [
+                "",
+                f"ORACLE (the best alpha per person on the scored test items, the paper's "
+                f"choice; an upper bound, never a result): {d['oracle_reported']:.3f}.",
+            ]
+        out += ["", "Per person (sum of trait MAEs; the test curve is the ORACLE's view):", ""]
+        out += _curve_table(d["curves"]["reported"], d["diag"], "test_sum")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
     python benchmarks/papi_table.py --model qwen2.5-coder-1.5b --persons 10 \
         --name qwen2.5-coder-1.5b-papi-10      # after ./dev setup --models qwen2.5-coder-1.5b
 
-Methods are entries ``method[@position]``: ``pas@all`` is PAS with the paper's all-position
-steering, ``pas@last`` the last-position variant. Writes docs/results/<name>.md/.json and PNG
+Methods are entries ``method[@position][:selection]``: ``pas@all`` is PAS with the paper's
+all-position steering, ``pas@last`` the last-position variant, ``pas@all:heldout`` the
+all-position variant with the held-out alpha search instead of the default. Writes docs/results/<name>.md/.json and PNG
 plots; runs go to runs/<name>/<entry> and are reused (finished persons are not recomputed).
 ``--report-only`` writes the page from what is finished so far (unfinished entries listed).
 """
@@ -38,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--alpha-selection", default="heldout", choices=("heldout", "oracle", "fixed"))
+    ap.add_argument(
+        "--alpha-selection",
+        default="tuned",
+        choices=("tuned", "heldout", "oracle", "fixed"),
+        help="PAS alpha selection of every PAS entry without its own ':selection' suffix "
+        "(default tuned: the model's rule tuned on development persons, else held-out)",
+    )
     ap.add_argument(
         "--report-only",
         action="store_true",

@@ -98,3 +98,13 @@ def test_method_spec_errors() -> None:
         parse_method_spec("vanilla@last")
     with pytest.raises(PalignError, match="unknown steering position"):
         parse_method_spec("pas@first")
+    # a named alpha-selection variant beside the default (tuned)
+    assert parse_method_spec("pas@all:heldout") == (
+        "pas",
+        {"steer_position": "all", "alpha_selection": "heldout"},
+    )
+    assert parse_method_spec("pas:oracle") == ("pas", {"alpha_selection": "oracle"})
+    with pytest.raises(PalignError, match="only PAS methods take an alpha selection"):
+        parse_method_spec("vanilla:heldout")
+    with pytest.raises(PalignError, match="unknown alpha selection"):
+        parse_method_spec("pas@all:best")

@@ -174,7 +174,6 @@ def test_shared_stems_equal_plain_capture_smollm2() -> None:
     """The same on the embedded SmolLM2 with the real contrastive prompts of PAS."""
     from palign.models.loading import load_model
     from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
-
     from palign.steering.capture import _cache_ok, _stems_shared
 
     lm = load_model("smollm2")

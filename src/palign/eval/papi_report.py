@@ -38,21 +38,33 @@ REFERENCES = ("constant-3", "item-median", "item-mean", "facet-mean", "trait-mea
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """Split a table entry ``method[@position]`` into the method and its extra options.
+    """Split a table entry ``method[@position][:selection]`` into the method and its options.
 
     ``pas@last`` is ``pas`` with ``steer_position="last"``; ``pas@all`` the paper's
-    all-position steering. A position is only meaningful for PAS methods.
+    all-position steering; ``pas@all:heldout`` the same with ``alpha_selection="heldout"``
+    (a named variant beside the default selection). Positions and selections are only
+    meaningful for PAS methods.
     """
-    method, sep, position = spec.partition("@")
-    if not sep:
-        return method, {}
     from palign.errors import PalignError
 
+    spec_, _, selection = spec.partition(":")
+    method, sep, position = spec_.partition("@")
+    extra: dict[str, Any] = {}
+    if selection:
+        if not method.startswith("pas"):
+            raise PalignError(f"{spec!r}: only PAS methods take an alpha selection")
+        if selection not in ("tuned", "heldout", "fixed", "oracle"):
+            raise PalignError(
+                f"{spec!r}: unknown alpha selection {selection!r}; use tuned, heldout or oracle"
+            )
+        extra["alpha_selection"] = selection
+    if not sep:
+        return method, extra
     if not method.startswith("pas"):
         raise PalignError(f"{spec!r}: only PAS methods take a steering position (@all or @last)")
     if position not in ("all", "last"):
         raise PalignError(f"{spec!r}: unknown steering position {position!r}; use @all or @last")
-    return method, {"steer_position": position}
+    return method, {"steer_position": position, **extra}
 
 
 def weights_line(model: str, dtype: str | None, versions: dict[str, str]) -> str | None:
