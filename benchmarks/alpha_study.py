@@ -21,6 +21,9 @@ readout, seed 0; the final fit uses all answered shown items, exactly as ``palig
   directions at equal items isolates the direction.
 * ``diag`` (no reads): cosine of each fold's steering vectors (``u`` at alpha 1, all layers)
   with the final one, the ratio of their norms, the kept heads shared, and the ``sigma`` scale.
+  Their mean cosine is the person's *fold stability*
+  (:func:`palign.steering.pas.fold_stability`), which the ``stable-fixed`` rules read: steer
+  with a fixed alpha only a person whose direction is stable, else not at all.
 
 Rules (``--report``) are tuned on development persons only (``--persons dev:N``; the script
 refuses to tune on anybody else) and then applied unchanged to reported persons. Raw records
@@ -44,6 +47,8 @@ import torch
 from palign.errors import PalignError
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
+#: fold-stability thresholds of the ``stable-fixed`` candidates
+STABILITY_THRESHOLDS = (0.3, 0.5, 0.7)
 
 
 def parse_persons(ds: Any, spec: str) -> tuple[str, list[Any]]:
@@ -176,6 +181,7 @@ def person_curves(rec: dict[str, Any], traits_of: dict[str, str]) -> dict[str, A
         }
     if "heldout" in rec:
         out["heldout_err"] = rec["heldout"]
+    out["stability"] = float(np.mean([d["cosine"] for d in rec["diag"]]))
     return out
 
 
@@ -188,6 +194,8 @@ def rule_alpha(rule: dict[str, Any], curves: dict[str, Any]) -> float:
     """The alpha a rule picks for one person from what it may read (never the test curve)."""
     if rule["kind"] == "fixed":
         return float(rule["alpha"])
+    if rule["kind"] == "stable-fixed":  # steer only a person whose direction is stable
+        return float(rule["alpha"]) if curves["stability"] >= rule["min_cosine"] else 0.0
     if rule["kind"] == "heldout":
         return best(curves["heldout_err"])
     if rule["kind"] == "heldout-floor":  # held-out choice, never below the floor
@@ -204,6 +212,17 @@ def rule_alpha(rule: dict[str, Any], curves: dict[str, Any]) -> float:
 def candidate_rules(grid: list[float], with_heldout: bool) -> list[dict[str, Any]]:
     """Every rule measured: fixed alphas, and (with held-out curves) held-out variants."""
     rules = [{"name": f"fixed {g:g}", "kind": "fixed", "alpha": g} for g in grid]
+    for g in grid:
+        for c in STABILITY_THRESHOLDS:
+            if g > 0:
+                rules.append(
+                    {
+                        "name": f"fixed {g:g} if stable (cosine >= {c:g})",
+                        "kind": "stable-fixed",
+                        "alpha": g,
+                        "min_cosine": c,
+                    }
+                )
     if with_heldout:
         rules.append({"name": "heldout (today's default)", "kind": "heldout"})
         for g in grid:

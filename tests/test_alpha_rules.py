@@ -132,6 +132,9 @@ def test_alpha_study_rules_and_scores() -> None:
     assert held["alphas"] == [2.0, 0.0] and held["mean_sum"] == pytest.approx(4.0)
     floor = alpha_study.score_rule({"kind": "heldout-floor", "floor": 1.0}, per)
     assert floor["alphas"] == [2.0, 1.0] and floor["nonzero"] == 2
+    per["a"]["stability"], per["b"]["stability"] = 0.8, 0.1
+    stable = alpha_study.score_rule({"kind": "stable-fixed", "alpha": 1.0, "min_cosine": 0.5}, per)
+    assert stable["alphas"] == [1.0, 0.0] and stable["mean_sum"] == pytest.approx(3.5)
 
 
 # --- rules ----------------------------------------------------------------------------------
@@ -145,6 +148,13 @@ def test_rule_choice() -> None:
     assert floor.choose([0.0, 1.0, 2.0, 4.0], errs) == 2.0  # best at or above the floor; ties small
     with pytest.raises(PalignError, match="no alpha >= 1"):
         floor.choose([0.0], {0.0: 0.5})
+    stable = AlphaRule(
+        "m", "pas", "all", "agreement", "stable-fixed", {"alpha": 1.0, "min_cosine": 0.5}, ("9",)
+    )
+    assert stable.needs_stability and not stable.needs_heldout
+    assert (stable.choose([0.0], stability=0.5), stable.choose([0.0], stability=0.49)) == (1.0, 0.0)
+    with pytest.raises(PalignError, match="needs the fold stability"):
+        stable.choose([0.0])
     assert "m:pas@all:fixed(alpha=1.5)" == fixed.rule_id
 
 
@@ -284,3 +294,52 @@ def test_tuned_rule_same_on_ray_workers(
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in res_ray["persons"]] == strip
     assert res_ray["config"]["options"]["alpha_rule"] == f"{model}:pas@all:fixed(alpha=3)"
     assert os.environ[RULES_ENV] == str(rules)
+
+
+def test_fold_stability_is_the_mean_fold_cosine(
+    papi: Dataset, tiny_lm: LoadedModel, cache: Path
+) -> None:
+    """Re-stated by hand: refits without each of the selection's folds, cosine with the final."""
+    from palign.steering.pas import fit_person, fold_assignment, fold_stability, unit_layer_vectors
+
+    ds = small(papi, 4)
+    m = get_method("pas", MethodConfig("agreement", 0, {"k": 4, "alpha_selection": "heldout"}))
+    m.setup(tiny_lm, ds)
+    inv = ds.inventory
+    a = np.nan_to_num(ds.persons[0].answer_vector(inv, inv.shown_ids))
+    final = unit_layer_vectors(fit_person(m.acts, a, K=4, seed=0), m.arch).flatten().double()
+    answered = [i for i in range(len(a)) if a[i] > 0]
+    folds = fold_assignment(len(answered), 3, 0, [inv.shown_ids[i] for i in answered])
+    cos = []
+    for f in folds:
+        t = a.copy()
+        t[[answered[j] for j in f]] = 0
+        u = unit_layer_vectors(fit_person(m.acts, t, K=4, seed=0), m.arch).flatten().double()
+        cos.append(float(u @ final / (u.norm() * final.norm())))
+    got = fold_stability(m.acts, a, m.arch, k_folds=3, seed=0, K=4, item_ids=inv.shown_ids)
+    assert got == pytest.approx(float(np.mean(cos)), abs=1e-9)
+    assert -1.0 <= got <= 1.0 and len(set(np.round(cos, 6))) == 3  # three different refits
+
+
+@pytest.mark.parametrize("min_cosine,steered", [(-1.0, True), (1.01, False)])
+def test_stable_rule_steers_only_stable_persons(
+    papi: Dataset,
+    tiny_lm: LoadedModel,
+    cache: Path,
+    tmp_path: Path,
+    monkeypatch,
+    min_cosine: float,
+    steered: bool,
+) -> None:
+    ds = small(papi, 4)
+    f = _rules_file(
+        tmp_path / "r.json", "tiny", ["x"], kind="stable-fixed", alpha=2.0, min_cosine=min_cosine
+    )
+    monkeypatch.setenv(RULES_ENV, str(f))
+    m = get_method("pas", MethodConfig("agreement", 0, {"k": 4}))
+    a = m.fit(tiny_lm, ds, ds.persons[0])
+    assert a.info["alpha"] == (2.0 if steered else 0.0)
+    assert -1.0 <= a.info["fold_stability"] <= 1.0
+    assert bool(a.steering.abs().sum() > 0) == steered
+    many = m.fit_many(tiny_lm, ds, ds.persons[:2])
+    assert many[0].info["alpha"] == a.info["alpha"] and torch.equal(many[0].steering, a.steering)

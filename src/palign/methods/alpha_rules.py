@@ -13,6 +13,9 @@ Rule kinds:
 * ``fixed``: one alpha for every person (``alpha``).
 * ``heldout-floor``: the held-out search over the shown items, on the grid's alphas
   ``>= floor`` only.
+* ``stable-fixed``: ``alpha`` for a person whose steering direction is stable across the
+  folds of their shown items (:func:`palign.steering.pas.fold_stability` at least
+  ``min_cosine``), else 0 (no steering). Reads no model beyond the fit.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from palign.errors import PalignError
 
-RULE_KINDS = ("fixed", "heldout-floor")
+RULE_KINDS = ("fixed", "heldout-floor", "stable-fixed")
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,21 @@ class AlphaRule:
             **{k: v for k, v in self.evidence.items() if k in ("command", "figures")},
         }
 
-    def choose(self, grid: list[float], heldout_errors: dict[float, float] | None) -> float:
-        """The alpha of this rule (``heldout_errors``: alpha -> held-out error, if needed)."""
+    def choose(
+        self,
+        grid: list[float],
+        heldout_errors: dict[float, float] | None = None,
+        stability: float | None = None,
+    ) -> float:
+        """The alpha of this rule (``heldout_errors``: alpha -> held-out error, and
+        ``stability``: the person's fold stability, where the kind needs them)."""
         if self.kind == "fixed":
             return float(self.params["alpha"])
+        if self.kind == "stable-fixed":
+            if stability is None:
+                raise PalignError(f"alpha rule {self.rule_id} needs the fold stability")
+            ok = stability >= float(self.params["min_cosine"])
+            return float(self.params["alpha"]) if ok else 0.0
         if heldout_errors is None:
             raise PalignError(f"alpha rule {self.rule_id} needs the held-out errors")
         floor = float(self.params["floor"])
@@ -88,7 +102,12 @@ class AlphaRule:
     @property
     def needs_heldout(self) -> bool:
         """Whether the rule reads the held-out search."""
-        return self.kind != "fixed"
+        return self.kind == "heldout-floor"
+
+    @property
+    def needs_stability(self) -> bool:
+        """Whether the rule reads the person's fold stability."""
+        return self.kind == "stable-fixed"
 
 
 def _load(text: str) -> list[AlphaRule]:

@@ -155,6 +155,7 @@ class PAS(Method):
         self.allow_dev_persons = bool(o.get("allow_dev_persons", False))
         self.rule: Any = None  # the tuned AlphaRule in use (bind_model), None = none
         self._bound: tuple[str, str] | None = None
+        self._stabilities: dict[str, float] = {}  # person -> fold stability (stable rules)
         self.alpha = o.get("alpha")
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
@@ -295,7 +296,9 @@ class PAS(Method):
                 self.acts,
                 answers,
                 self.arch,
-                alpha=rule.choose(self.grid, errors),
+                alpha=rule.choose(
+                    self.grid, errors, self._stability(dataset, answers, rule, person)
+                ),
                 **self._fit_kw(),
             )
             res.alpha_selection, res.validation_errors = "tuned", errors
@@ -482,7 +485,15 @@ class PAS(Method):
             self._tuned_rule(p)
         chosen = self.select_alpha_many(lm, dataset, persons)
         if rule is not None:
-            chosen = [(rule.choose(self.grid, errors), errors) for _, errors in chosen]
+            chosen = [
+                (
+                    rule.choose(
+                        self.grid, e, self._stability(dataset, self._answers(dataset, p), rule, p)
+                    ),
+                    e,
+                )
+                for p, (_, e) in zip(persons, chosen)
+            ]
         out = []
         inv = dataset.inventory
         for p, (alpha, errors) in zip(persons, chosen):
@@ -498,6 +509,30 @@ class PAS(Method):
             res.validation_errors = errors
             out.append(self._aligned(dataset, p, res))
         return out
+
+    def _answers(self, dataset: Dataset, person: Person) -> np.ndarray:
+        inv = dataset.inventory
+        return np.nan_to_num(person.answer_vector(inv, inv.shown_ids, self.config.semantics))
+
+    def _stability(
+        self, dataset: Dataset, answers: np.ndarray, rule: Any, person: Person
+    ) -> float | None:
+        """The person's fold stability where the rule reads it (else None); kept for the
+        person's record."""
+        if not rule.needs_stability:
+            return None
+        from palign.steering.pas import fold_stability
+
+        value = fold_stability(
+            self.acts,
+            answers,
+            self.arch,
+            k_folds=self.folds,
+            item_ids=dataset.inventory.shown_ids,
+            **self._fit_kw(),
+        )
+        self._stabilities[person.id] = value
+        return value
 
     def _check_answers(self, dataset: Dataset, person: Person) -> np.ndarray:
         inv = dataset.inventory
@@ -526,6 +561,8 @@ class PAS(Method):
             info["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
         if res.alpha_selection == "tuned":
             info["alpha_rule"] = self.rule.record()
+            if person.id in self._stabilities:
+                info["fold_stability"] = round(self._stabilities[person.id], 4)
             if person.id in self.rule.dev_persons:
                 info["warning"] = (
                     "development person: the alpha rule was tuned on this person's test items"

@@ -600,3 +600,38 @@ def fit_pas(
         u=chosen * unit,
         u_unit=unit,
     )
+
+
+def fold_stability(
+    acts: torch.Tensor,
+    answers: Any,
+    w_o: WoSource,
+    *,
+    k_folds: int = 3,
+    seed: int = 0,
+    K: int = DEFAULT_K,
+    item_ids: Sequence[str] | None = None,
+    head_rank: str = DEFAULT_HEAD_RANK,
+    probe_split: str = DEFAULT_PROBE_SPLIT,
+) -> float:
+    """How stable a person's steering direction is: the mean cosine between each fold's
+    steering vectors (``u`` at alpha 1 of a refit without that fold's items, all layers
+    flattened) and the final fit's on all shown items.
+
+    Reads no model and no test item: the same seeded folds and refits as
+    :func:`select_alpha`. Near 1: the shown items pin the direction down; near 0: a third of
+    them less gives another direction, so the final one is mostly noise.
+    """
+    a = _answers_tensor(answers)
+    _check_acts(acts, a.shape[0])
+    kw = {"K": K, "seed": seed, "head_rank": head_rank, "probe_split": probe_split}
+    final = unit_layer_vectors(fit_person(acts, a, **kw), w_o).double().flatten()
+    answered = torch.nonzero(a > 0).flatten()
+    ids = [str(item_ids[i]) for i in answered.tolist()] if item_ids is not None else None
+    cosines = []
+    for fold in fold_assignment(answered.numel(), k_folds, seed, ids):
+        train = a.clone()
+        train[answered[torch.tensor(fold, dtype=torch.long)]] = 0.0
+        u = unit_layer_vectors(fit_person(acts, train, **kw), w_o).double().flatten()
+        cosines.append(float(torch.nn.functional.cosine_similarity(u, final, dim=0)))
+    return float(sum(cosines) / len(cosines))
