@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from palign.cli import main
@@ -290,3 +291,45 @@ def test_identical_requests_are_read_once(papi: Dataset, tiny_lm: LoadedModel, m
     for rec, sp in zip(recs, prompts):
         assert rec["answers"] == solo[sp]["answers"]
         assert rec["probs"] == solo[sp]["probs"]
+
+
+def test_zero_steering_is_read_unsteered_and_shared(
+    papi: Dataset, tiny_lm: LoadedModel, monkeypatch
+) -> None:
+    """PAS persons at alpha 0 (a zero vector) ask the unsteered requests: read once for all of
+    them, equal to the steered readout with the zero vector at every position."""
+    import torch
+
+    import palign.models.readout as readout
+    from palign.eval.runs import predict_aligned
+    from palign.methods.base import Aligned
+    from palign.models.readout import ReadRequest, option_probs
+
+    ds = small(papi, 4)
+    items = ds.inventory.test_ids
+    n_layers, hidden = tiny_lm.model.config.num_hidden_layers, tiny_lm.model.config.hidden_size
+    zero = torch.zeros(n_layers, hidden)
+    u = torch.randn(n_layers, hidden, generator=torch.Generator().manual_seed(0))
+    statements = [ds.inventory.statement(ds.inventory.item(i)) for i in items]
+    # reference: the zero vector steered at every position, no sharing
+    ref = option_probs(
+        tiny_lm,
+        [ReadRequest("S", st, 0) for st in statements],
+        steering=zero.unsqueeze(0),
+        position="all",
+    )
+    seen: list[int] = []
+    real = readout.option_probs
+
+    def counting(lm, reqs, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(reqs))
+        return real(lm, reqs, **kw)
+
+    monkeypatch.setattr(readout, "option_probs", counting)
+    persons = [Aligned(str(k), "S", v) for k, v in enumerate([zero, u, zero, zero])]
+    recs = predict_aligned(tiny_lm, ds, persons, items)
+    assert seen == [2 * len(items)]  # the three alpha-0 persons share one read; u its own
+    for k in (0, 2, 3):
+        got = np.array([recs[k]["probs"][i] for i in items])
+        np.testing.assert_allclose(np.log(got), np.log(ref.probs), rtol=0, atol=1e-4)
+    assert recs[1]["answers"] != recs[0]["answers"] or recs[1]["probs"] != recs[0]["probs"]

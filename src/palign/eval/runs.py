@@ -187,12 +187,14 @@ def predict_aligned(
     requests = []
     for a in aligned:
         steer = None
-        if a.steering is not None:
+        # a zero steering vector (PAS at alpha 0) changes nothing (x + 0 is exactly x): such a
+        # person is read unsteered, so persons with equal prompts share those reads below
+        if a.steering is not None and bool(a.steering.any()):
             steer = len(rows)
             rows.append(a.steering)
         requests += [ReadRequest(a.system_prompt, s, steer) for s in statements]
     table = torch.stack(rows) if rows else None
-    positions = {a.steer_position for a in aligned if a.steering is not None}
+    positions = {a.steer_position for a in aligned if a.steering is not None and a.steering.any()}
     if len(positions) > 1:
         raise PalignError(
             "persons of one readout call must share a steering position; got "
