@@ -40,6 +40,7 @@ proof that every part runs, not a speed claim.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -293,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                 rec = {"status": "error", "error": f"{type(e).__name__}: {str(e)[:500]}"}
             rec["seconds"] = round(time.perf_counter() - t, 1)
             res["parts"][name] = rec
+            gc.collect()  # what a part left behind (caches, trainers) is not the next one's
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
         log(f"part {name}: {res['parts'][name]['status']}")
         save()
 
@@ -314,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if model_parts & set(parts):
         run("setup", setup)
     b = holder.get("b")
-    no_model = "the model setup failed" if b is None else ""
+    setup_state = res["parts"].get("setup", {}).get("status", "not run")
+    no_model = f"no model (part setup: {setup_state})" if b is None else ""
 
     def share(name: str) -> float:
         """Deadline of a part: its share of the remaining budget by expected time."""

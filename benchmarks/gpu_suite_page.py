@@ -35,7 +35,9 @@ PYTHONPATH=src timeout 590 python benchmarks/gpu_suite.py --data .bench/papi \\
 (device tool: `timeout_s` 600). It writes `gpu_suite.json`, `gpu_suite.md` and
 `gpu_suite.log` into `$OUT` after every part, so a run cut short keeps what finished; commit
 the three files under `docs/results/`. A part whose package is missing (trl, ray,
-bitsandbytes) records the reason and the others still run."""
+bitsandbytes) records the reason and the others still run. To rerun only the parts that
+failed, name them with a smaller budget, e.g. `--parts serve,train --budget-s 200` (such a
+run's files hold only those parts, so keep the first run's files beside them)."""
 
 
 def _f(x: Any, nd: int = 2) -> str:
@@ -116,7 +118,7 @@ def render(res: dict[str, Any]) -> str:
         f"Raw figures: [gpu_suite.json](gpu_suite.json), log: [gpu_suite.log](gpu_suite.log).",
         "",
     ]
-    L += _pas(parts.get("pas", {}), label)
+    L += _pas(parts.get("pas", {}), label, parts.get("setup", {}).get("weights_gb"))
     L += _serve(parts.get("serve", {}), label)
     L += _train(parts.get("train", {}), label)
     L += _ray(parts.get("ray", {}), label)
@@ -124,7 +126,7 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
-def _pas(p: dict[str, Any], label: str) -> list[str]:
+def _pas(p: dict[str, Any], label: str, weights_gb: float | None) -> list[str]:
     L = ["### 1. PAS speed, like for like", ""]
     if _status(p):
         return [*L, _status(p) or "", ""]
@@ -160,7 +162,7 @@ def _pas(p: dict[str, Any], label: str) -> list[str]:
         f"(grid) **{r['like_for_like']}x**, palign's honest pas+few-shot "
         f"**{r['honest_fewshot']}x**, palign with the original's decoding (`--readout "
         f"generate`, no prefix shared) **{r['with_generate_readout']}x**. Memory budget: "
-        f"{p['memory_budget']['note']}.",
+        f"{p['memory_budget']['note']}; weights: {_f(weights_gb)} GB ({label}).",
         "",
     ]
     return L

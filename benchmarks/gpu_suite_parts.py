@@ -128,7 +128,11 @@ def personality_vectors(b: gt.Bench, m: int) -> list[torch.Tensor]:
 
 
 def serve_cell(
-    engine: Any, prompt_ids: list[list[int]], vecs: list[torch.Tensor], s: Settings
+    engine: Any,
+    prompt_ids: list[list[int]],
+    vecs: list[torch.Tensor],
+    s: Settings,
+    solo_sample: int | None = None,
 ) -> dict[str, Any]:
     """``s.streams`` closed-loop streams, each ``s.requests_per_stream`` greedy requests in turn;
     request ``g`` asks personality ``g mod M`` prompt ``(g // M) mod len(PROMPTS)``."""
@@ -169,7 +173,8 @@ def serve_cell(
     tokens = sum(len(x) for x in got.values())
     # equal to solo: a sample of the requests, each served again alone (the engine is idle)
     n_req = s.streams * s.requests_per_stream
-    sample = sorted({int(x) for x in np.linspace(0, n_req - 1, min(s.solo_sample, n_req))})
+    k = s.solo_sample if solo_sample is None else solo_sample
+    sample = sorted({int(x) for x in np.linspace(0, n_req - 1, min(k, n_req))}) if k else []
     equal = checked = 0
     for g in sample:
         if g not in got:
@@ -208,7 +213,7 @@ def part_serve(b: gt.Bench, s: Settings, deadline: float, log: Log) -> dict[str,
     gt.reset_peak(b.dev)
     cells = []
     with Engine(b.lm, max_batch=max(64, s.streams), max_queue=4 * s.streams) as engine:
-        engine.generate([prompt_ids[0]], None, u=vecs[0], timeout=600)  # warm-up
+        serve_cell(engine, prompt_ids, vecs[:8], s, solo_sample=0)  # warm-up, not recorded
         for m in s.personalities:
             if time.perf_counter() > deadline and cells:
                 cells.append({"personalities": m, "skipped": "time budget"})
