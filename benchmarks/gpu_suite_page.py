@@ -133,7 +133,7 @@ def _pas(p: dict[str, Any], label: str, weights_gb: float | None) -> list[str]:
     v = p["variants"]
     L += [
         f"{p['test_items']} test items, alphas {p['alphas']}, few-shot prompt "
-        f"~{p['fewshot_prompt_tokens']} tokens, capture {_f(p['capture_s'])} s. "
+        f"~{p['fewshot_prompt_tokens']} tokens, capture {_f(p['capture_s'])} s ({label}). "
         "300 persons is a **projection** (capture + 300 x seconds per person measured on the "
         "persons or subset stated).",
         "",
@@ -224,7 +224,10 @@ def _train(p: dict[str, Any], label: str) -> list[str]:
             f"{_f(p.get(f'{name}_vs_pas'), 1)} | {_f(x['peak_gb'])} | {label} |"
         )
     if p.get("pas_s_per_person"):
-        L += ["", f"PAS per person: {_f(p['pas_s_per_person'], 3)} s ({p['pas_source']})."]
+        L += [
+            "",
+            f"PAS per person: {_f(p['pas_s_per_person'], 3)} s ({p['pas_source']}, {label}).",
+        ]
     L.append("")
     return L
 

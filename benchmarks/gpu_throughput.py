@@ -2,7 +2,9 @@
 original procedure (the paper's ``main.py``).
 
     python benchmarks/gpu_throughput.py                    # Llama-3-8B shape, bf16, GPU
-    python benchmarks/gpu_throughput.py --shape tiny       # CPU smoke (CI), about a minute
+    python benchmarks/gpu_throughput.py --shape tiny       # CPU smoke, about a minute
+
+(CI runs these phases through ``benchmarks/gpu_suite.py --smoke``, which imports them.)
 
 The model is a Llama with random weights built from ``benchmarks/configs/<shape>-shape.json``
 (nothing is downloaded); token ids come from a local tokenizer (the embedded SmolLM2's, or
