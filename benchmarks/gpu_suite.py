@@ -85,12 +85,15 @@ def device_name(dev: torch.device) -> str:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions (package metadata: nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
-    for mod in ("torch", "transformers", "trl", "peft", "ray", "bitsandbytes", "palign"):
+    for pkg in ("torch", "transformers", "trl", "peft", "ray", "bitsandbytes", "palign"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - absent or broken: recorded as such
-            out[mod] = "missing"
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "missing"
     return out
 
 
