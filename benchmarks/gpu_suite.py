@@ -33,8 +33,9 @@ A global time budget (``--budget-s``, default 540 s on a GPU) keeps the run with
 the PAS variants stop after the person group that passes 1.5x their share, and a part that no
 longer fits is skipped with the reason recorded. ``OUT/gpu_suite.json`` is rewritten after
 every part (and ``gpu_suite.md``, the page, and ``gpu_suite.log``), so a killed run keeps what
-finished. ``--smoke`` runs every part on the CPU with a tiny random Llama in about a minute:
-proof that every part runs, not a speed claim.
+finished. ``--smoke`` runs every part on the CPU with a tiny random Llama (about 40 s of CPU
+time; about a minute on a quiet 2-core machine, several on a busy one): proof that every
+part runs and that the equality checks hold, not a speed claim; it exits 1 otherwise.
 """
 
 from __future__ import annotations

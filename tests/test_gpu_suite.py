@@ -27,7 +27,7 @@ def run_suite(tmp: Path, papi_dir: Path, *args: str) -> tuple[int, dict]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     path = tmp / "out" / "gpu_suite.json"
     assert path.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
