@@ -74,8 +74,8 @@ def render(res: dict[str, Any]) -> str:
             "> **No GPU run has happened yet.** The suite is ready and its CPU smoke runs in "
             "CI; the figures below come from that smoke (a tiny random Llama on a shared "
             "CPU): they show that every part runs and that the equality checks hold, **not** "
-            "speed. The GPU figures are to come on the next lent device; until then palign "
-            "states no GPU speed or memory figure.",
+            "speed. The GPU figures are to come on the next lent device; until then no GPU "
+            "figure of these parts is claimed.",
             "",
         ]
     else:
