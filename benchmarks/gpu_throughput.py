@@ -2,7 +2,9 @@
 original procedure (the paper's ``main.py``).
 
     python benchmarks/gpu_throughput.py                    # Llama-3-8B shape, bf16, GPU
-    python benchmarks/gpu_throughput.py --shape tiny       # CPU smoke (CI), about a minute
+    python benchmarks/gpu_throughput.py --shape tiny       # CPU smoke, about a minute
+
+(CI runs these phases through ``benchmarks/gpu_suite.py --smoke``, which imports them.)
 
 The model is a Llama with random weights built from ``benchmarks/configs/<shape>-shape.json``
 (nothing is downloaded); token ids come from a local tokenizer (the embedded SmolLM2's, or
@@ -39,6 +41,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +159,281 @@ def original_generate(
     return outs
 
 
+@dataclass
+class Bench:
+    """What every phase needs: the random model, the data, the captured activations."""
+
+    lm: Any
+    tok: Any
+    ds: Any
+    items: list[str]
+    statements: list[str]
+    arch: Any
+    dev: torch.device
+    batch_size: int
+    cfg: dict[str, Any]
+    build_s: float
+    capture_s: float
+    acts: torch.Tensor  # (2 * n_shown, L, H, d) on the CPU
+    acts_dev: torch.Tensor  # the same on the device
+
+    @property
+    def gpu(self) -> bool:
+        return self.dev.type == "cuda"
+
+    @property
+    def inv(self) -> Any:
+        return self.ds.inventory
+
+    def shown(self, p: Any) -> np.ndarray:
+        """A person's shown answers (0 where missing)."""
+        return np.nan_to_num(p.answer_vector(self.inv, self.inv.shown_ids, "agreement"))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_gb(dev: torch.device) -> float | None:
+    """Peak GPU memory allocated since the last :func:`reset_peak` (None on the CPU)."""
+    return round(torch.cuda.max_memory_allocated(dev) / 1e9, 2) if dev.type == "cuda" else None
+
+
+def setup_bench(
+    shape: str,
+    dev: torch.device,
+    tokenizer: str | None = None,
+    data: str | None = None,
+    max_items: int | None = None,
+    batch_size: int = 32,
+) -> Bench:
+    """Build the random model on ``dev``, load PAPI and capture the shown items' activations
+    (timed; a fresh activation cache so that the capture is measured, not read back)."""
+    from palign.data import load_dataset
+    from palign.eval.runs import test_items
+    from palign.methods.pas import shown_activations
+    from palign.models.loading import LoadedModel
+    from palign.steering.arch import resolve_arch
+
+    gpu = dev.type == "cuda"
+    if not gpu and shape == "tiny":
+        torch.set_num_threads(1)  # tiny tensors: one thread is faster on a small machine
+    dtype = torch.bfloat16 if gpu else torch.float32
+    tok = load_tokenizer(tokenizer)
+    os.environ["PALIGN_CACHE"] = tempfile.mkdtemp(prefix="palign-bench-")
+    with Timer(dev) as t_build:
+        model, cfg = build_model(shape, dev, dtype)
+    lm = LoadedModel(model, tok, f"random-{shape}", f"random-{shape}", None, dev, dtype)
+    with torch.no_grad():  # warm-up (CUDA context, kernels) outside every timed phase
+        model(input_ids=torch.ones((4, 64), dtype=torch.long, device=dev))
+    ds = load_dataset(data, "ipip-neo")
+    items = test_items(ds.inventory, max_items)
+    arch = resolve_arch(model)
+    with Timer(dev) as t:
+        acts = shown_activations(lm, ds, arch, batch_size=batch_size, progress=False)
+    inv = ds.inventory
+    return Bench(
+        lm=lm,
+        tok=tok,
+        ds=ds,
+        items=items,
+        statements=[inv.statement(inv.item(i)) for i in items],
+        arch=arch,
+        dev=dev,
+        batch_size=batch_size,
+        cfg=cfg,
+        build_s=t_build.s,
+        capture_s=t.s,
+        acts=acts,
+        acts_dev=acts.to(dev),
+    )
+
+
+def fit_seconds(b: Bench, persons: list[Any]) -> float:
+    """Median seconds of one person's fit (probes + head selection + directions)."""
+    from palign.steering.pas import fit_person
+
+    fit_person(b.acts_dev, b.shown(persons[0]), K=24, seed=0)  # warm-up
+    times = []
+    for p in persons:
+        with Timer(b.dev) as t:
+            fit_person(b.acts_dev, b.shown(p), K=24, seed=0)
+        times.append(t.s)
+    return float(np.median(times))
+
+
+def grid_seconds(
+    b: Bench,
+    persons: list[Any],
+    position: str,
+    few_shot: bool,
+    store: Any,
+    person_batch: int = 8,
+    alphas: tuple[float, ...] = ALPHAS,
+    deadline: float | None = None,
+) -> tuple[float, int]:
+    """Persons x alphas x test items (the original's grid, logits readout), many persons per
+    readout call. Stops after the group that passes ``deadline`` (``time.perf_counter``).
+
+    Returns the seconds and the number of persons measured.
+    """
+    from palign.methods.few_shot import few_shot_prompt
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
+    from palign.models.readout import ReadRequest, option_probs
+    from palign.steering.pas import fit_person, layer_vectors_grid
+
+    done = 0
+    with Timer(b.dev) as tg:
+        for s in range(0, len(persons), person_batch):
+            chunk = persons[s : s + person_batch]
+            rows, reqs = [], []
+            for p in chunk:
+                fit = fit_person(b.acts_dev, b.shown(p), K=24, seed=0)
+                u = layer_vectors_grid(fit, alphas, b.arch)
+                sys_prompt = (
+                    few_shot_prompt(b.inv, p, "agreement") if few_shot else NEUTRAL_SYSTEM_PROMPT
+                )
+                for a in range(len(alphas)):
+                    row = len(rows)
+                    rows.append(u[a])
+                    reqs += [ReadRequest(sys_prompt, st, row) for st in b.statements]
+            option_probs(
+                b.lm,
+                reqs,
+                batch_size=b.batch_size,
+                steering=torch.stack(rows).float(),
+                kv_store=store,
+                position=position,
+            )
+            done += len(chunk)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+    return tg.s, done
+
+
+def honest_seconds(
+    b: Bench,
+    cls: type,
+    persons: list[Any],
+    person_batch: int = 8,
+    options: dict[str, Any] | None = None,
+    deadline: float | None = None,
+) -> tuple[float, int, list[float]]:
+    """palign's method ``cls`` (``PAS`` / ``PASFewShot``) per person, all positions: alpha by
+    k-fold CV over the shown items, then the test items (logits readout), as ``palign eval``.
+
+    Returns the seconds, the persons measured and the alphas chosen.
+    """
+    from palign.eval.runs import predict_aligned
+    from palign.methods import MethodConfig
+
+    opts = {"batch_size": b.batch_size, "steer_position": "all", **(options or {})}
+    method = cls(MethodConfig("agreement", 0, opts))
+    method.arch, method.acts = b.arch, b.acts_dev
+    alphas: list[float] = []
+    done = 0
+    with Timer(b.dev) as t:
+        for s in range(0, len(persons), person_batch):
+            chunk = persons[s : s + person_batch]
+            aligned = method.fit_many(b.lm, b.ds, chunk)
+            alphas += [a.info["alpha"] for a in aligned]
+            predict_aligned(
+                b.lm, b.ds, aligned, b.items, "logits", b.batch_size, kv_store=method.kv_store
+            )
+            done += len(chunk)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+    return t.s, done, alphas
+
+
+def sklearn_probe_seconds(b: Bench, person: Any, n_heads: int) -> tuple[float, int]:
+    """The original's probes: one scikit-learn logistic regression per head (60/40 split),
+    timed on ``n_heads`` heads spread over all layers and projected to every head.
+
+    Returns the projected seconds per person and the heads timed.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from palign.steering.pas import labels_for
+
+    X = b.acts.float().cpu().numpy()
+    y = labels_for(torch.tensor(b.shown(person))).numpy()
+    keep = y >= 0
+    Xk, yk = X[keep], y[keep]
+    idx = np.random.default_rng(0).permutation(len(yk))
+    tr, va = idx[: int(0.6 * len(yk))], idx[int(0.6 * len(yk)) :]
+    L, Hh = X.shape[1], X.shape[2]
+    heads = [(layer, h) for layer in range(L) for h in range(Hh)]
+    n_sk = min(n_heads, len(heads))
+    sampled = [heads[int(i)] for i in np.linspace(0, len(heads) - 1, n_sk).round()]
+    t0 = time.perf_counter()
+    for layer, h in sampled:  # spread over all layers (probe cost varies with depth)
+        clf = LogisticRegression(random_state=0, max_iter=1000).fit(Xk[tr, layer, h], yk[tr])
+        clf.score(Xk[va, layer, h], yk[va])
+    return (time.perf_counter() - t0) / n_sk * len(heads), n_sk
+
+
+def original_seconds_per_item(
+    b: Bench, person: Any, n_items: int, gen_batch: int = 10
+) -> tuple[float, int]:
+    """The original's generation (:func:`original_generate`, alpha 4, the person's few-shot
+    prompt) on the first ``n_items`` test items after a one-batch warm-up.
+
+    Returns the seconds per generated item and the items timed.
+    """
+    from palign.methods.few_shot import few_shot_prompt
+    from palign.models.prompts import build_generate_prompt, encode_prompt
+    from palign.steering.pas import fit_person, layer_vectors_grid
+
+    fit = fit_person(b.acts_dev, b.shown(person), K=24, seed=0)
+    u = layer_vectors_grid(fit, (4.0,), b.arch)[0]
+    sys_prompt = few_shot_prompt(b.inv, person, "agreement")
+    prompts = [
+        encode_prompt(b.tok, build_generate_prompt(b.tok, sys_prompt, st))
+        for st in b.statements[:n_items]
+    ]
+    model = b.lm.model
+    original_generate(model, b.tok, prompts[:gen_batch], u, b.dev, gen_batch)  # warm-up
+    with Timer(b.dev) as t:
+        original_generate(model, b.tok, prompts, u, b.dev, gen_batch)
+    return t.s / len(prompts), len(prompts)
+
+
+def palign_generate_seconds_per_readout(
+    b: Bench, person: Any, n_items: int, batch_size: int | None = None
+) -> tuple[float, int]:
+    """palign's ``--readout generate`` (:func:`palign.models.readout.generate_answers`: 15
+    greedy tokens, the person's few-shot prompt, steering at all positions) on ``n_items``
+    readouts spread over the 6 alphas, after a one-batch warm-up.
+
+    Returns the seconds per readout and the readouts timed.
+    """
+    from palign.methods.few_shot import few_shot_prompt
+    from palign.models.readout import ReadRequest, generate_answers
+    from palign.steering.pas import fit_person, layer_vectors_grid
+
+    bs = batch_size or b.batch_size
+    fit = fit_person(b.acts_dev, b.shown(person), K=24, seed=0)
+    u = layer_vectors_grid(fit, ALPHAS, b.arch).float()
+    sys_prompt = few_shot_prompt(b.inv, person, "agreement")
+    reqs = [
+        ReadRequest(sys_prompt, b.statements[i % len(b.statements)], i % len(ALPHAS))
+        for i in range(n_items)
+    ]
+    generate_answers(b.lm, reqs[:bs], batch_size=bs, steering=u, position="all")  # warm-up
+    with Timer(b.dev) as t:
+        generate_answers(b.lm, reqs, batch_size=bs, steering=u, position="all")
+    return t.s / len(reqs), len(reqs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", default="llama3-8b", help="llama3-8b (default) or tiny")
@@ -175,43 +453,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON file for the figures")
     args = ap.parse_args(argv)
 
-    from palign.data import load_dataset
-    from palign.eval.runs import predict_aligned, test_items
-    from palign.methods import MethodConfig
     from palign.methods.few_shot import few_shot_prompt
-    from palign.methods.pas import PAS, PASFewShot, shown_activations
-    from palign.models.loading import LoadedModel
-    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_generate_prompt, encode_prompt
-    from palign.models.readout import KVStore, ReadRequest, option_probs
-    from palign.steering.arch import resolve_arch
-    from palign.steering.pas import fit_person, layer_vectors_grid
+    from palign.methods.pas import PAS, PASFewShot
+    from palign.models.readout import KVStore
 
-    dev = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    dev = pick_device(args.device)
     gpu = dev.type == "cuda"
-    if not gpu and args.shape == "tiny":
-        torch.set_num_threads(1)  # tiny tensors: one thread is faster on a small machine
-    dtype = torch.bfloat16 if gpu else torch.float32
     P = args.persons or (32 if gpu else 2)
     H = args.honest_persons or (16 if gpu else 1)
     t_all = time.perf_counter()
-    tok = load_tokenizer(args.tokenizer)
-    # a fresh cache, so that the capture is measured, not read back
-    os.environ["PALIGN_CACHE"] = tempfile.mkdtemp(prefix="palign-bench-")
-    with Timer(dev) as t_build:
-        model, cfg = build_model(args.shape, dev, dtype)
-    lm = LoadedModel(model, tok, f"random-{args.shape}", f"random-{args.shape}", None, dev, dtype)
-    with torch.no_grad():  # warm-up (CUDA context, kernels) outside every timed phase
-        model(input_ids=torch.ones((4, 64), dtype=torch.long, device=dev))
-    ds = load_dataset(args.data, "ipip-neo")
-    inv = ds.inventory
-    items = test_items(inv, args.max_items)
-    arch = resolve_arch(model)
-    if gpu:
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak(dev)
+    b = setup_bench(args.shape, dev, args.tokenizer, args.data, args.max_items, args.batch_size)
+    cfg, items, tok = b.cfg, b.items, b.tok
     res: dict[str, Any] = {
         "benchmark": "gpu_throughput",
         "command": "python benchmarks/gpu_throughput.py "
@@ -229,137 +482,55 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
         "device": torch.cuda.get_device_name(dev) if gpu else platform.processor() or "cpu",
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(b.lm.dtype).replace("torch.", ""),
         "torch": torch.__version__,
         "persons_grid": P,
         "persons_honest": H,
         "test_items": len(items),
-        "build_s": round(t_build.s, 2),
+        "build_s": round(b.build_s, 2),
+        "capture_s": round(b.capture_s, 3),
+        "capture_samples": int(b.acts.shape[0]),
     }
-
-    # 1. capture
-    with Timer(dev) as t:
-        acts = shown_activations(lm, ds, arch, batch_size=args.batch_size, progress=False)
-    res["capture_s"] = round(t.s, 3)
-    res["capture_samples"] = int(acts.shape[0])
-    acts_dev = acts.to(dev)
-
-    persons = ds.persons[: max(P, H)]
-
-    def shown(p: Any) -> np.ndarray:
-        return np.nan_to_num(p.answer_vector(inv, inv.shown_ids, "agreement"))
-
+    persons = b.ds.persons[: max(P, H)]
     # 2. per-person fit (probes + selection + directions), no forward
-    fit_person(acts_dev, shown(persons[0]), K=24, seed=0)  # warm-up
-    times = []
-    for p in persons[:5]:
-        with Timer(dev) as t:
-            fit_person(acts_dev, shown(p), K=24, seed=0)
-        times.append(t.s)
-    res["fit_s_median"] = round(float(np.median(times)), 4)
-
-    statements = [inv.statement(inv.item(i)) for i in items]
-
-    def grid(position: str, few_shot: bool, store: Any) -> float:
-        """P persons x 6 alphas x items, many persons per readout call."""
-        with Timer(dev) as tg:
-            for s in range(0, P, args.person_batch):
-                chunk = persons[s : s + args.person_batch]
-                rows, reqs = [], []
-                for p in chunk:
-                    fit = fit_person(acts_dev, shown(p), K=24, seed=0)
-                    u = layer_vectors_grid(fit, ALPHAS, arch)
-                    sys_prompt = (
-                        few_shot_prompt(inv, p, "agreement") if few_shot else NEUTRAL_SYSTEM_PROMPT
-                    )
-                    for a in range(len(ALPHAS)):
-                        row = len(rows)
-                        rows.append(u[a])
-                        reqs += [ReadRequest(sys_prompt, st, row) for st in statements]
-                option_probs(
-                    lm,
-                    reqs,
-                    batch_size=args.batch_size,
-                    steering=torch.stack(rows).float(),
-                    kv_store=store,
-                    position=position,
-                )
-        return tg.s
+    res["fit_s_median"] = round(fit_seconds(b, persons[:5]), 4)
 
     def projected(seconds: float, n: int) -> float:
         return round(res["capture_s"] + seconds / n * 300, 1)
 
     # 3. like-for-like grid: pas+few-shot, all positions, 6 alphas x items
-    g = grid("all", True, None)
+    g, _ = grid_seconds(b, persons[:P], "all", True, None, args.person_batch)
     res["grid_fewshot_all_s"] = round(g, 3)
     res["grid_readouts"] = P * len(ALPHAS) * len(items)
     res["grid_fewshot_all_persons_per_min"] = round(P / g * 60, 1)
     res["grid_fewshot_all_projected_300_s"] = projected(g, P)
-    res["fewshot_prompt_tokens"] = len(tok(few_shot_prompt(inv, persons[0], "agreement")).input_ids)
+    res["fewshot_prompt_tokens"] = len(
+        tok(few_shot_prompt(b.inv, persons[0], "agreement")).input_ids
+    )
 
     # 4. honest protocols, all positions: pas+few-shot (the paper's setup) and pas
     for name, cls in (("honest_fewshot_all", PASFewShot), ("honest_pas_all", PAS)):
-        method = cls(
-            MethodConfig("agreement", 0, {"batch_size": args.batch_size, "steer_position": "all"})
-        )
-        method.arch, method.acts = arch, acts_dev
-        alphas_chosen = []
-        with Timer(dev) as t_h:
-            for s in range(0, H, args.person_batch):
-                chunk = persons[s : s + min(args.person_batch, H - s)]
-                aligned = method.fit_many(lm, ds, chunk)
-                alphas_chosen += [a.info["alpha"] for a in aligned]
-                predict_aligned(
-                    lm, ds, aligned, items, "logits", args.batch_size, kv_store=method.kv_store
-                )
-        res[f"{name}_s"] = round(t_h.s, 3)
-        res[f"{name}_persons_per_min"] = round(H / t_h.s * 60, 1)
-        res[f"{name}_projected_300_s"] = projected(t_h.s, H)
+        s_h, _, alphas_chosen = honest_seconds(b, cls, persons[:H], args.person_batch)
+        res[f"{name}_s"] = round(s_h, 3)
+        res[f"{name}_persons_per_min"] = round(H / s_h * 60, 1)
+        res[f"{name}_projected_300_s"] = projected(s_h, H)
         res[f"{name}_alphas"] = alphas_chosen
-        del method
 
     # 5. reference: the fast variant (pas, neutral prompt, last position, shared caches)
-    g = grid("last", False, KVStore(max_bytes=24 << 30))
+    g, _ = grid_seconds(
+        b, persons[:P], "last", False, KVStore(max_bytes=24 << 30), args.person_batch
+    )
     res["grid_pas_last_s"] = round(g, 3)
     res["grid_pas_last_projected_300_s"] = projected(g, P)
 
     # 6. the original procedure, faithfully re-stated, on a subset, projected
-    from sklearn.linear_model import LogisticRegression
-
-    from palign.steering.pas import labels_for
-
-    X = acts.float().cpu().numpy()
-    y = labels_for(torch.tensor(shown(persons[0]))).numpy()
-    keep = y >= 0
-    Xk, yk = X[keep], y[keep]
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(yk))
-    tr, va = idx[: int(0.6 * len(yk))], idx[int(0.6 * len(yk)) :]
-    L, Hh = X.shape[1], X.shape[2]
-    heads = [(layer, h) for layer in range(L) for h in range(Hh)]
-    n_sk = min(args.sklearn_heads, len(heads))
-    sampled = [heads[int(i)] for i in np.linspace(0, len(heads) - 1, n_sk).round()]
-    t0 = time.perf_counter()
-    for layer, h in sampled:  # spread over all layers (probe cost varies with depth)
-        clf = LogisticRegression(random_state=0, max_iter=1000).fit(Xk[tr, layer, h], yk[tr])
-        clf.score(Xk[va, layer, h], yk[va])
-    sk_s = (time.perf_counter() - t0) / n_sk * len(heads)
+    sk_s, n_sk = sklearn_probe_seconds(b, persons[0], args.sklearn_heads)
     res["original_sklearn_probes_s"] = round(sk_s, 2)
     res["original_sklearn_heads_timed"] = n_sk
-    fit = fit_person(acts_dev, shown(persons[0]), K=24, seed=0)
-    u = layer_vectors_grid(fit, (4.0,), arch)[0]
-    sys_prompt = few_shot_prompt(inv, persons[0], "agreement")
-    prompts = [
-        encode_prompt(tok, build_generate_prompt(tok, sys_prompt, st))
-        for st in statements[: args.gen_items]
-    ]
-    original_generate(model, tok, prompts[: args.gen_batch], u, dev, args.gen_batch)  # warm-up
-    with Timer(dev) as t_gen:
-        original_generate(model, tok, prompts, u, dev, args.gen_batch)
-    per_readout = t_gen.s / len(prompts)
+    per_readout, n_gen = original_seconds_per_item(b, persons[0], args.gen_items, args.gen_batch)
     orig_person = per_readout * len(ALPHAS) * len(items) + sk_s
     res["original_generate_s_per_item"] = round(per_readout, 4)
-    res["original_items_timed"] = len(prompts)
+    res["original_items_timed"] = n_gen
     res["original_gen_batch"] = args.gen_batch
     res["original_s_per_person"] = round(orig_person, 2)
     res["original_projected_300_s"] = round(res["capture_s"] + orig_person * 300, 1)
@@ -369,9 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     res["speedup_honest_fewshot"] = round(
         res["original_projected_300_s"] / res["honest_fewshot_all_projected_300_s"], 1
     )
-    res["peak_gpu_memory_gb"] = (
-        round(torch.cuda.max_memory_allocated(dev) / 1e9, 2) if gpu else None
-    )
+    res["peak_gpu_memory_gb"] = peak_gb(dev)
     res["total_s"] = round(time.perf_counter() - t_all, 1)
 
     m = 60.0

@@ -210,6 +210,30 @@ def test_grpo_trains_and_saves(tiny_lm: LoadedModel, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "pa" / "adapter_config.json").read_text())["peft_type"] == "LORA"
 
 
+def test_trainer_callbacks_see_every_step(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """Extra callbacks (the GPU suite's step timer) reach the trainer: one call per step."""
+    from transformers import TrainerCallback
+
+    from palign.train import GRPOTrainConfig, train_grpo
+
+    class Count(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin = self.end = 0
+
+        def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.begin += 1
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            self.end += 1
+
+    ds = planted_dataset()
+    cb = Count()
+    cfg = GRPOTrainConfig(steps=2, batch=2, micro_batch=2, num_generations=2, max_new_tokens=3)
+    prompts = rl_prompts(tiny_lm.tokenizer, ds, ds.persons[0])
+    res = train_grpo(tiny_lm, prompts, cfg, tmp_path / "a", progress=False, callbacks=[cb])
+    assert cb.begin == cb.end == 2 and (res.folder / "adapter_config.json").is_file()
+
+
 def test_bad_input(tiny_lm: LoadedModel, tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(PalignError, match="unknown trainer option 'bogus'"):
         get_method("dpo", MethodConfig(options={"bogus": 1}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,12 @@ def train_dpo(
     meta: dict[str, Any] | None = None,
     person: str = "",
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically)."""
+    """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically).
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. step timers).
+    """
     from datasets import Dataset as HFDataset
     from trl import DPOConfig
 
@@ -91,7 +96,7 @@ def train_dpo(
                     args=args,
                     train_dataset=HFDataset.from_list(rows),
                     processing_class=lm.tokenizer,
-                    callbacks=[progress_callback(f"dpo {person}", cfg.steps, progress)],
+                    callbacks=[progress_callback(f"dpo {person}", cfg.steps, progress), *callbacks],
                 )
                 drop_printer(trainer)
                 trainer.train()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,12 @@ def train_grpo(
     meta: dict[str, Any] | None = None,
     person: str = "",
     progress: bool = True,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Train one LoRA adapter with GRPO on ``prompts`` and save it to ``folder`` (atomically)."""
+    """Train one LoRA adapter with GRPO on ``prompts`` and save it to ``folder`` (atomically).
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. step timers).
+    """
     from datasets import Dataset as HFDataset
     from trl import GRPOConfig
 
@@ -82,7 +87,10 @@ def train_grpo(
                     args=args,
                     train_dataset=HFDataset.from_list(rows),
                     processing_class=lm.tokenizer,
-                    callbacks=[progress_callback(f"grpo {person}", cfg.steps, progress, "reward")],
+                    callbacks=[
+                        progress_callback(f"grpo {person}", cfg.steps, progress, "reward"),
+                        *callbacks,
+                    ],
                 )
                 drop_printer(trainer)
                 trainer.train()
