@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palign.train.config import DPOTrainConfig
-from palign.train.data import PreferencePair
+from palign.train.data import PreferencePair, dpo_rows
 from palign.train.lora import (
     drop_printer,
     lora_config,
@@ -70,7 +70,7 @@ def train_dpo(
     from datasets import Dataset as HFDataset
     from trl import DPOConfig
 
-    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    rows = dpo_rows(lm.tokenizer, pairs)
     holder: dict[str, Any] = {}
 
     def train() -> None:

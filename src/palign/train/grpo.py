@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palign.train.config import GRPOTrainConfig
-from palign.train.data import RLPrompt, answer_reward
+from palign.train.data import RLPrompt, answer_reward, grpo_rows
 from palign.train.dpo import TrainResult
 from palign.train.lora import (
     drop_printer,
@@ -54,7 +54,7 @@ def train_grpo(
     from datasets import Dataset as HFDataset
     from trl import GRPOConfig
 
-    rows = [{"prompt": p.prompt, "answer": p.answer} for p in prompts]
+    rows = grpo_rows(lm.tokenizer, prompts)
     holder: dict[str, Any] = {}
 
     def reward(completions: list[Any], answer: list[int], **_: Any) -> list[float]:
