@@ -276,3 +276,52 @@ def test_worker_error_is_reported_not_retried(
     with pytest.raises(PalignError, match="--k 999 exceeds"):
         run_eval_ray(cfg, tmp_path / "bad", workers=1, dataset=papi, progress=False)
     assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_each_death_charges_only_the_running_group(
+    tmp_path: Path, papi: Dataset, model_copy: Path, ray_session
+) -> None:
+    """1 worker, 4 groups; groups 1, 2 and 3 each kill the worker once (issue #23 item 11).
+
+    Each group failed once, within the default budget of 2 retries; charging every queued group
+    of the slot for each death aborted the run at the third death.
+    """
+    from palign.scale import run_eval_ray
+    from palign.scale.worker import EvalWorker
+
+    ids = [p.id for p in papi.persons[:4]]
+    out = tmp_path / "ray"
+
+    class DyingWorker(EvalWorker):
+        def run_chunk(self, persons):
+            k = ids.index(persons[0].id)
+            marker = tmp_path / f"died-{k}"
+            if k >= 1 and not marker.exists():
+                # die once the driver has written the group before (its reply is asynchronous)
+                prev = out / "persons" / f"{ids[k - 1]}.json"
+                deadline = time.monotonic() + 120
+                while not prev.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().run_chunk(persons)
+
+    cfg = RunConfig(
+        method="vanilla", model=str(model_copy), persons=ids, person_batch=1, max_items=2
+    )
+    events: list[tuple[str, dict]] = []
+    res = run_eval_ray(
+        cfg,
+        out,
+        workers=1,
+        dataset=papi,
+        progress=False,
+        worker_cls=DyingWorker,
+        on_event=lambda kind, info: events.append((kind, info)),
+    )
+    assert [info["groups"] for kind, info in events if kind == "replaced"] == [
+        [1, 2, 3],
+        [2, 3],
+        [3],
+    ]
+    assert res["scale"]["replaced_workers"] == 3 and res["report"]["n_persons"] == 4
