@@ -93,6 +93,21 @@ def plan_workers(
     return {"workers": n, "wanted": wanted, "options": opts, "threads": threads, "notes": notes}
 
 
+def land_adapter_files(rec: dict[str, Any]) -> bool:
+    """Write the LoRA adapter a worker sent back with a person record (and drop the bytes
+    from the record); returns whether files were written (not when this machine already
+    holds the same adapter: a worker on this node wrote it)."""
+    from palign.scale.worker import ADAPTER_FILES
+
+    files = rec.pop(ADAPTER_FILES, None)
+    folder = (rec.get("info") or {}).get("adapter")
+    if not files or not folder:
+        return False
+    from palign.train.lora import land_adapter
+
+    return land_adapter(folder, files)
+
+
 @dataclass
 class _Slot:
     """One worker position: its current actor and the person groups dealt to it.
@@ -258,6 +273,7 @@ def run_eval_ray(
         if c in finished:
             return
         for rec in value:
+            land_adapter_files(rec)
             write_json_atomic(plan.out / "persons" / f"{rec['person']}.json", rec)
             done[rec["person"]] = rec
         finished.add(c)
@@ -297,7 +313,9 @@ def run_eval_ray(
                 raise task_error(e) from None
             entries_ref = ray.put(setup_info.pop("entries"))
             captures += int(setup_info.get("captures", 0))
-        _check_config(plan.out, cfg)  # the model loaded and the method is ready: claim it
+        # the model loaded and the method is ready: claim the folder (same weights only, as
+        # a single process does; the first worker's fingerprint of its weight files)
+        _check_config(plan.out, cfg, weights=setup_info.get("weights_fingerprint"))
         # the others set up from the shipped cache entries; the first is ready
         for s in slots:
             submit(s, setup=s is not first)
