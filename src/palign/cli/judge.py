@@ -8,11 +8,13 @@ from typing import Any
 from palign.cli.common import (
     add_model_args,
     add_pas_args,
+    add_person_args,
     add_train_args,
     build_method,
     data_args,
     emit,
     fmt_arg,
+    full_fields,
     pas_options,
     select_persons,
     train_options,
@@ -65,6 +67,7 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         load_in_4bit=args.load_in_4bit,
         options=opts,
+        **full_fields(args),
     )
     res = run_generate(cfg, args.out, dataset=ds, method=method, progress=not args.quiet)
     t = res["timings"]
@@ -203,9 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "registered method)",
     )
     add_model_args(p)
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
-    who.add_argument("--person", default=None, help="comma-separated person ids")
+    add_person_args(p)
     data_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument(

@@ -363,3 +363,48 @@ def full_info(path: str | Path, inventory: Inventory) -> dict[str, Any]:
         "demographic_columns": [name for _, name in lay.demo_cols],
         "first_persons": first,
     }
+
+
+def source_sha256(path: str | Path) -> str:
+    """Hex sha256 of a full-release source: the file's bytes, or for a folder of shards
+    (parquet) each shard's name and bytes in name order."""
+    import hashlib
+
+    path = Path(path)
+    if not path.exists():
+        raise PalignError(f"full-set file {path} not found; pass the PAPI-300K file with --full")
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def run_dataset(
+    data: str | None,
+    inventory: str,
+    *,
+    full: str | None = None,
+    full_sha256: str | None = None,
+    ids: list[str] | None = None,
+) -> Dataset:
+    """The data set a run was made on: the release of ``data`` or, for a run over a
+    full-release file (``full``), its persons ``ids`` read again from that file, which must
+    still have the recorded ``full_sha256``."""
+    from palign.data import load_dataset
+
+    ds = load_dataset(data, inventory)
+    if not full:
+        return ds
+    if full_sha256 and source_sha256(full) != full_sha256:
+        raise PalignError(
+            f"{full} changed since the run was made (sha256 differs from the recorded "
+            f"{full_sha256[:12]}...); pass the file the run used"
+        )
+    if not ids:
+        raise PalignError(f"no person ids recorded for the run over {full}")
+    return read_full(full, ds.inventory, ids=ids)
