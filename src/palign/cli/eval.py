@@ -50,6 +50,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
     method = build_method(args, sem, opts, out)
     ds, persons = select_persons(args)
+    if hasattr(method, "persons_planned"):  # training baselines: project CPU time over all
+        method.persons_planned = len(persons)
     cfg = RunConfig(
         method=args.method,
         model=args.model,

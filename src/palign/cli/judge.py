@@ -50,6 +50,8 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     opts = {**pas_options(args), **train_options(args)}
     method = build_method(args, sem, opts, args.out)
     ds, persons = select_persons(args)
+    if hasattr(method, "persons_planned"):  # training baselines: project CPU time over all
+        method.persons_planned = len(persons)
     cfg = GenerateConfig(
         method=args.method,
         model=args.model,

@@ -140,11 +140,22 @@ class GRPOTrainConfig(TrainConfig):
         super().check()
         if self.num_generations < 2:
             raise PalignError("num_generations must be at least 2 (GRPO compares a group)")
-        if self.micro_batch % self.num_generations:
-            raise PalignError(
-                f"micro_batch ({self.micro_batch}) must be a multiple of num_generations "
-                f"({self.num_generations})"
-            )
+        n = self.num_generations
+        for name, flag in (("batch", "--train-batch"), ("micro_batch", "--train-micro-batch")):
+            v = getattr(self, name)
+            if v % n:
+                fits = [g for g in range(min(v, n - 1), 1, -1) if v % g == 0]
+                alt = (
+                    f", or fewer completions per prompt with --train-option "
+                    f"num_generations={fits[0]}"
+                    if fits
+                    else ""
+                )
+                raise PalignError(
+                    f"{flag} {v} ({name}) is not a whole number of GRPO groups of "
+                    f"num_generations={n} completions per prompt; give {flag} {n} (or a "
+                    f"multiple of {n}){alt}"
+                )
         if self.max_new_tokens < 1:
             raise PalignError("max_new_tokens must be at least 1")
         if self.beta < 0:
@@ -173,10 +184,31 @@ def _cast(name: str, value: Any, default: Any) -> Any:
     return str(value)
 
 
+PAS_OPTIONS = {
+    "k": "--k",
+    "alpha": "--alpha",
+    "alpha_grid": "--alpha-grid",
+    "alpha_selection": "--alpha-selection",
+    "folds": "--folds",
+    "steer_position": "--steer-position",
+    "head_rank": "--head-rank",
+    "probe_split": "--probe-split",
+    "o_proj_path": "--o-proj-path",
+}
+"""PAS's method options and their flags (refused by the training baselines with that reason)."""
+
+
 def config_from_options(cls: type[C], options: dict[str, Any], method: str) -> C:
-    """Build ``cls`` from method options; unknown keys raise a one-line :class:`PalignError`."""
+    """Build ``cls`` from method options; unknown keys raise a one-line :class:`PalignError`
+    (PAS's options are named as such: a LoRA adapter has no steering strength or heads)."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(k for k in options if k not in known)
+    pas = [k for k in unknown if k in PAS_OPTIONS]
+    if pas:
+        raise PalignError(
+            f"{PAS_OPTIONS[pas[0]]} is an option of PAS (pas, pas+few-shot), not of {method}, "
+            f"which trains a LoRA adapter; drop {PAS_OPTIONS[pas[0]]} or use --method pas"
+        )
     if unknown:
         raise PalignError(
             f"unknown trainer option {unknown[0]!r} for {method}; use one of: {', '.join(known)}"

@@ -17,6 +17,7 @@ from palign.train.lora import (
     lora_training,
     loss_summary,
     progress_callback,
+    projection_callbacks,
     quiet_libraries,
     run_training,
     save_lora,
@@ -65,8 +66,14 @@ def train_dpo(
     meta: dict[str, Any] | None = None,
     person: str = "",
     progress: bool = True,
+    project_persons: int = 0,
 ) -> TrainResult:
-    """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically)."""
+    """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically).
+
+    ``project_persons``: on CPU, warn after the first optimiser step when this many persons'
+    training projects past an hour (:func:`~palign.train.lora.projection_callback`); 0 = no
+    projection.
+    """
     from datasets import Dataset as HFDataset
     from trl import DPOConfig
 
@@ -91,7 +98,10 @@ def train_dpo(
                     args=args,
                     train_dataset=HFDataset.from_list(rows),
                     processing_class=lm.tokenizer,
-                    callbacks=[progress_callback(f"dpo {person}", cfg.steps, progress)],
+                    callbacks=[
+                        progress_callback(f"dpo {person}", cfg.steps, progress),
+                        *projection_callbacks("dpo", cfg, lm, project_persons),
+                    ],
                 )
                 drop_printer(trainer)
                 trainer.train()

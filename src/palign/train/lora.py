@@ -207,6 +207,54 @@ def progress_callback(desc: str, total: int, enabled: bool = True, key: str = "l
     return _Bar()
 
 
+PROJECTION_WARN_S = 3600.0
+"""A CPU training run projected past this many seconds warns after its first step."""
+
+
+def projection_callback(
+    desc: str, steps: int, persons: int, device: str, threshold: float = PROJECTION_WARN_S
+) -> Any:
+    """A ``TrainerCallback`` that, on CPU, times the first optimiser step and warns on stderr
+    when ``steps`` x ``persons`` of them project past ``threshold`` seconds (a projection
+    from one measured step, printed as such); silent on GPUs."""
+    import sys
+
+    from transformers import TrainerCallback
+
+    class _Projection(TrainerCallback):
+        t0 = 0.0
+        done = False
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.done or device != "cpu":
+                return
+            self.done = True
+            first = time.perf_counter() - self.t0
+            total = first * steps * max(1, persons)
+            if total > threshold:
+                who = f" x {persons} persons" if persons > 1 else ""
+                print(
+                    f"palign: warning: {desc} on CPU: the first optimiser step took {first:.1f} s, "
+                    f"so {steps} steps{who} project to about {total / 3600:.1f} h (a projection "
+                    "from one step); lower --train-steps or --train-batch, or use a GPU",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return _Projection()
+
+
+def projection_callbacks(method: str, cfg: TrainConfig, lm: LoadedModel, persons: int) -> list:
+    """``[projection_callback(...)]`` for a run of ``persons`` persons still to train (none
+    when ``persons`` is 0: the caller has warned already or does not want it)."""
+    if persons < 1:
+        return []
+    return [projection_callback(method, cfg.steps, persons, lm.device.type)]
+
+
 def drop_printer(trainer: Any) -> None:
     """Remove the Trainer's log printer (our progress bar shows the loss instead)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -49,6 +49,10 @@ class LoRATrainingMethod(Method):
         self.adapter_root: Path | None = None
         """Where adapters are written (``palign eval`` sets ``OUT/adapters``)."""
         self.progress = True
+        self.persons_planned: int | None = None
+        """Persons this run will train (set by the CLI): the first training on CPU warns when
+        their projected time passes an hour; None = only this person is projected."""
+        self._projected = False
 
     # --- to implement ----------------------------------------------------------------------
     def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
@@ -57,13 +61,16 @@ class LoRATrainingMethod(Method):
 
     def trainer(self) -> Any:
         """The training function (``train_dpo``, ``train_grpo``): called as
-        ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=)``."""
+        ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=,
+        project_persons=)``."""
         raise NotImplementedError
 
     def train(
         self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
     ) -> Any:
         """Train and save one adapter; returns a :class:`palign.train.dpo.TrainResult`."""
+        project = 0 if self._projected else (self.persons_planned or 1)
+        self._projected = True
         return self.trainer()(
             lm,
             examples,
@@ -73,6 +80,7 @@ class LoRATrainingMethod(Method):
             meta=meta,
             person=person,
             progress=self.progress,
+            project_persons=project,
         )
 
     # --- shared ------------------------------------------------------------------------------
