@@ -206,17 +206,39 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def build_method(args: argparse.Namespace, semantics: str, opts: dict[str, Any], out: str) -> Any:
+def build_method(
+    args: argparse.Namespace,
+    semantics: str,
+    opts: dict[str, Any],
+    out: str | None,
+    adapters: str | None = None,
+) -> Any:
     """The method of ``--method`` with ``opts``; training baselines keep their LoRA adapters
-    under ``OUT/adapters`` and show their training progress unless ``--quiet``."""
+    under ``OUT/adapters`` (``out``), in ``adapters`` (another run's adapters folder: reused
+    when their configuration matches, never overwritten) or, with neither, in the user cache
+    keyed by their configuration and model (reused by any later run of the same
+    configuration), and show their training progress unless ``--quiet``."""
     from pathlib import Path
 
     from palign.methods import MethodConfig, get_method
 
     method = get_method(args.method, MethodConfig(semantics, args.seed, opts))  # type: ignore[arg-type]
-    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
-        method.adapter_root = Path(out) / "adapters"
+    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters
+        if adapters:
+            if not Path(adapters).is_dir():
+                raise PalignError(
+                    f"--adapters {adapters} is not a folder; give the adapters folder of a run "
+                    "(e.g. runs/dpo-2/adapters)"
+                )
+            method.adapter_root = Path(adapters)
+            method.shared_adapters = True
+        elif out is not None:
+            method.adapter_root = Path(out) / "adapters"
         method.progress = not args.quiet
+    elif adapters:
+        raise PalignError(
+            f"--adapters is for the training baselines (dpo, grpo), not {args.method}"
+        )
     return method
 
 

@@ -48,7 +48,9 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     if args.max_items is not None and args.max_items < 1:
         raise PalignError("--max-items must be at least 1")
     opts = {**pas_options(args), **train_options(args)}
-    method = build_method(args, sem, opts, args.out)
+    # adapters: --adapters DIR (another run's, e.g. palign eval's OUT/adapters), else the
+    # configuration-keyed cache shared by every generate-eval of the same training setup
+    method = build_method(args, sem, opts, None, adapters=args.adapters)
     ds, persons = select_persons(args)
     if hasattr(method, "persons_planned"):  # training baselines: project CPU time over all
         method.persons_planned = len(persons)
@@ -211,6 +213,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_person_args(p)
     data_args(p)
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--adapters",
+        default=None,
+        metavar="DIR",
+        help="dpo/grpo: reuse the LoRA adapters in DIR (e.g. runs/dpo-2/adapters of a 'palign "
+        "eval' run with the same training options and --seed; missing persons are trained "
+        "into DIR); default: the user cache keyed by the training configuration and model",
+    )
     p.add_argument(
         "--max-items",
         type=int,
