@@ -59,3 +59,42 @@ def test_cpu_run_projected_past_an_hour_warns(tiny_lm: LoadedModel, tmp_path: Pa
     m2.progress = False
     m2.fit(tiny_lm, ds, ds.persons[0])
     assert "project to about" not in capfd.readouterr().err
+
+
+def test_grpo_recipe_follows_the_papers_ppo(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """GRPO gets several passes per generated batch (the clipped ratio objective acts), the
+    paper's unparsed reward -6 and a LoRA learning rate (issue #23, item 9); checked on what
+    TRL's trainer is given (its training is stopped before the first step)."""
+    import palign.train.grpo as grpo_mod
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    real = grpo_mod.grpo_trainer_class()
+
+    class Spy(real):  # type: ignore[misc,valid-type]
+        def train(self, *a, **kw):  # noqa: ANN002,ANN003
+            seen["args"] = self.args
+            seen["reward"] = self.reward_funcs[0]
+            raise Stop
+
+    ds = planted_dataset()
+    m = get_method("grpo", MethodConfig("agreement", 0, {"batch": 8, "micro_batch": 8}))
+    m.adapter_root = tmp_path
+    m.progress = False
+    orig = grpo_mod.grpo_trainer_class
+    grpo_mod.grpo_trainer_class = lambda: Spy
+    try:
+        with pytest.raises(Stop):
+            m.fit(tiny_lm, ds, ds.persons[0])
+    finally:
+        grpo_mod.grpo_trainer_class = orig
+    args = seen["args"]
+    assert args.num_iterations == 4 and args.learning_rate == 1e-4 and args.beta == 0.2
+    got = seen["reward"](["I cannot say.", "(A). Very Accurate", " (E)"], answer=[5, 5, 5])
+    assert got == [-6.0, 0.0, -4.0]
+    assert m.record()["training"]["unparsed_penalty"] == -6.0
+    with pytest.raises(PalignError, match="num_iterations must be at least 1"):
+        get_method("grpo", MethodConfig(options={"num_iterations": 0}))

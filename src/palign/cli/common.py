@@ -150,7 +150,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """Options of the training baselines (dpo, grpo); defaults in ``palign.train.config``."""
     g = p.add_argument_group(
         "training options (dpo, grpo; defaults: LoRA r 16, alpha 100 on q/k/v/o, 250 steps, "
-        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1.41e-5, KL beta 0.2, 15 new tokens)"
+        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1e-4, KL beta 0.2, 4 passes per batch, 15 new "
+        "tokens, unparsed reward -6)"
     )
     g.add_argument("--train-steps", type=int, default=None, help="optimiser steps per person")
     g.add_argument("--train-lr", type=float, default=None, help="peak learning rate")

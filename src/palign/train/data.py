@@ -160,9 +160,10 @@ def rl_prompts(
 
 
 def answer_reward(
-    completions: Sequence[str], answer: Sequence[int], unparsed_penalty: float = -5.0
+    completions: Sequence[str], answer: Sequence[int], unparsed_penalty: float = -6.0
 ) -> list[float]:
-    """``-|parsed answer - person's answer|`` per completion; ``unparsed_penalty`` if unparsed."""
+    """``-|parsed answer - person's answer|`` per completion; ``unparsed_penalty`` if unparsed
+    (-6, the paper's appendix: below every parsed answer's reward)."""
     from palign.models.readout import parse_answer
 
     out = []

@@ -1,8 +1,10 @@
 """Per-person GRPO with ``trl.GRPOTrainer`` and a PEFT LoRA adapter.
 
 The installed TRL (1.x) ships no PPO trainer, so the RL baseline is GRPO with the rule reward
-of the PPO recipe (``-|parsed answer - person's answer|``, a fixed penalty when nothing
-parses) and the paper's PPO hyper-parameters where they carry over. Results name it
+of the paper's PPO appendix (``-|parsed answer - person's answer|``, -6 when nothing parses),
+several optimisation passes per generated batch so the clipped ratio objective acts, and the
+paper's PPO hyper-parameters where they carry over (see
+:class:`~palign.train.config.GRPOTrainConfig`). Results name it
 ``grpo``, never PPO. The KL term's reference is the frozen base (adapter disabled).
 """
 
@@ -77,6 +79,7 @@ def train_grpo(
                 **trainer_common_args(cfg, lm, seed, tmp),
                 beta=cfg.beta,
                 num_generations=cfg.num_generations,
+                num_iterations=cfg.num_iterations,
                 max_completion_length=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 generation_kwargs={"pad_token_id": pad} if pad is not None else None,
