@@ -276,3 +276,105 @@ def test_worker_error_is_reported_not_retried(
     with pytest.raises(PalignError, match="--k 999 exceeds"):
         run_eval_ray(cfg, tmp_path / "bad", workers=1, dataset=papi, progress=False)
     assert not (tmp_path / "bad" / "config.json").exists()
+
+
+def test_each_death_charges_only_the_running_group(
+    tmp_path: Path, papi: Dataset, model_copy: Path, ray_session
+) -> None:
+    """1 worker, 4 groups; groups 1, 2 and 3 each kill the worker once (issue #23 item 11).
+
+    Each group failed once, within the default budget of 2 retries; charging every queued group
+    of the slot for each death aborted the run at the third death.
+    """
+    from palign.scale import run_eval_ray
+    from palign.scale.worker import EvalWorker
+
+    ids = [p.id for p in papi.persons[:4]]
+    out = tmp_path / "ray"
+
+    class DyingWorker(EvalWorker):
+        def run_chunk(self, persons):
+            k = ids.index(persons[0].id)
+            marker = tmp_path / f"died-{k}"
+            if k >= 1 and not marker.exists():
+                # die once the driver has written the group before (its reply is asynchronous)
+                prev = out / "persons" / f"{ids[k - 1]}.json"
+                deadline = time.monotonic() + 120
+                while not prev.exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
+            return super().run_chunk(persons)
+
+    cfg = RunConfig(
+        method="vanilla", model=str(model_copy), persons=ids, person_batch=1, max_items=2
+    )
+    events: list[tuple[str, dict]] = []
+    res = run_eval_ray(
+        cfg,
+        out,
+        workers=1,
+        dataset=papi,
+        progress=False,
+        worker_cls=DyingWorker,
+        on_event=lambda kind, info: events.append((kind, info)),
+    )
+    assert [info["groups"] for kind, info in events if kind == "replaced"] == [
+        [1, 2, 3],
+        [2, 3],
+        [3],
+    ]
+    assert res["scale"]["replaced_workers"] == 3 and res["report"]["n_persons"] == 4
+
+
+def test_ray_refuses_a_folder_of_other_weights(
+    tmp_path: Path, papi: Dataset, model_copy: Path, ray_session
+) -> None:
+    """The Ray path claims the folder with the weights' fingerprint, like one process."""
+    from palign.errors import PalignError
+    from palign.eval.runs import _check_config
+    from palign.scale import run_eval_ray
+
+    cfg = RunConfig(
+        method="vanilla", model=str(model_copy), persons=[papi.persons[0].id], max_items=2
+    )
+    out = tmp_path / "run"
+    _check_config(out, cfg, weights="0" * 64)  # a run made with other files at that path
+    with pytest.raises(PalignError, match="written with other weights"):
+        run_eval_ray(cfg, out, workers=1, dataset=papi, progress=False)
+    assert not (out / "persons").exists()
+
+
+def test_adapter_files_travel_back_to_the_driver(
+    tmp_path: Path, papi: Dataset, tiny_folder: Path, one_thread
+) -> None:
+    """A DPO worker on another node: its adapter's bytes come back with the group and the
+    driver writes them under the recorded path (no shared run folder needed). Plain
+    :class:`EvalWorker`, no Ray: the same code a Ray actor runs."""
+    from palign.methods import MethodConfig, get_method
+    from palign.scale.driver import land_adapter_files
+    from palign.scale.worker import ADAPTER_FILES, EvalWorker
+
+    cfg = RunConfig(
+        method="dpo",
+        model=str(tiny_folder),
+        persons=[papi.persons[0].id],
+        max_items=2,
+        options={"steps": 1, "batch": 2, "micro_batch": 2},
+    )
+    method = get_method("dpo", MethodConfig(cfg.semantics, cfg.seed, cfg.options))
+    method.adapter_root = tmp_path / "adapters"
+    method.progress = False
+    w = EvalWorker(cfg, Dataset(papi.inventory, []), method, threads=1)
+    w.setup()
+    (rec,) = w.run_chunk([papi.persons[0]])
+    folder = Path(rec["info"]["adapter"])
+    files = rec[ADAPTER_FILES]
+    assert set(files) >= {"adapter_config.json", "adapter_model.safetensors", "palign_train.json"}
+    assert files == {f.name: f.read_bytes() for f in folder.iterdir()}
+    # the same node: nothing rewritten, the bytes are dropped from the record
+    assert land_adapter_files(dict(rec)) is False
+    shutil.rmtree(folder)  # the worker's disk is not the driver's
+    assert land_adapter_files(rec) is True and ADAPTER_FILES not in rec
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == files
+    json.dumps(rec)  # what the driver writes holds no bytes

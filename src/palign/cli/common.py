@@ -160,7 +160,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     """Options of the training baselines (dpo, grpo); defaults in ``palign.train.config``."""
     g = p.add_argument_group(
         "training options (dpo, grpo; defaults: LoRA r 16, alpha 100 on q/k/v/o, 250 steps, "
-        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1.41e-5, KL beta 0.2, 15 new tokens)"
+        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1e-4, KL beta 0.2, 4 passes per batch, 15 new "
+        "tokens, unparsed reward -6)"
     )
     g.add_argument("--train-steps", type=int, default=None, help="optimiser steps per person")
     g.add_argument("--train-lr", type=float, default=None, help="peak learning rate")
@@ -216,27 +217,132 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def build_method(args: argparse.Namespace, semantics: str, opts: dict[str, Any], out: str) -> Any:
+def build_method(
+    args: argparse.Namespace,
+    semantics: str,
+    opts: dict[str, Any],
+    out: str | None,
+    adapters: str | None = None,
+) -> Any:
     """The method of ``--method`` with ``opts``; training baselines keep their LoRA adapters
-    under ``OUT/adapters`` and show their training progress unless ``--quiet``."""
+    under ``OUT/adapters`` (``out``), in ``adapters`` (another run's adapters folder: reused
+    when their configuration matches, never overwritten) or, with neither, in the user cache
+    keyed by their configuration and model (reused by any later run of the same
+    configuration), and show their training progress unless ``--quiet``."""
     from pathlib import Path
 
     from palign.methods import MethodConfig, get_method
 
     method = get_method(args.method, MethodConfig(semantics, args.seed, opts))  # type: ignore[arg-type]
-    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters in the run folder
-        method.adapter_root = Path(out) / "adapters"
+    if hasattr(method, "adapter_root"):  # training baselines: LoRA adapters
+        if adapters:
+            if not Path(adapters).is_dir():
+                raise PalignError(
+                    f"--adapters {adapters} is not a folder; give the adapters folder of a run "
+                    "(e.g. runs/dpo-2/adapters)"
+                )
+            method.adapter_root = Path(adapters)
+            method.shared_adapters = True
+        elif out is not None:
+            method.adapter_root = Path(out) / "adapters"
         method.progress = not args.quiet
+    elif adapters:
+        raise PalignError(
+            f"--adapters is for the training baselines (dpo, grpo), not {args.method}"
+        )
     return method
+
+
+def add_person_args(p: argparse.ArgumentParser) -> None:
+    """--persons / --person / --sample / --range (one of them) and --full FILE."""
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
+    who.add_argument("--person", default=None, help="comma-separated person ids")
+    who.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --full: a uniform sample of N persons of the file, drawn with --seed",
+    )
+    who.add_argument(
+        "--range",
+        default=None,
+        metavar="A:B",
+        help="with --full: the persons of data rows A..B-1 of the file (0-based)",
+    )
+    p.add_argument(
+        "--full",
+        default=None,
+        metavar="FILE",
+        help="read the persons from a full-release file (PAPI-300K / PAPI-120-600K: .csv, "
+        ".csv.gz, .zip, .parquet or a folder of parquet shards) instead of the 300 test "
+        "persons; select them with --sample N, --range A:B, --person ID or --persons N",
+    )
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` -> (A, B) (``":B"`` = from 0); a one-line error otherwise."""
+    a, sep, b = text.partition(":")
+    try:
+        if not sep or not b.strip():
+            raise ValueError
+        return int(a) if a.strip() else 0, int(b)
+    except ValueError:
+        raise PalignError(
+            f"bad --range {text!r}; give START:STOP data rows, e.g. --range 0:1000"
+        ) from None
+
+
+def full_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """``full`` (absolute path) and ``full_sha256`` of ``--full`` for a run's configuration
+    (empty without ``--full``)."""
+    from pathlib import Path
+
+    from palign.data import source_sha256
+
+    if not getattr(args, "full", None):
+        return {}
+    path = Path(args.full).resolve()
+    return {"full": str(path), "full_sha256": source_sha256(path)}
 
 
 def select_persons(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """The data set of ``--data/--inventory`` and the persons of ``--persons N`` /
-    ``--person ID,ID`` (all when neither is given)."""
-    from palign.data import load_dataset
+    ``--person ID,ID`` (all when neither is given); with ``--full FILE``, the persons of
+    ``--sample N`` (seeded by ``--seed``), ``--range A:B``, ``--person`` or ``--persons``
+    streamed from that file (a selection is required)."""
+    from palign.data import load_dataset, read_full
 
-    ds = load_dataset(args.data, args.inventory)
     ids = [s.strip() for s in args.person.split(",") if s.strip()] if args.person else []
     if args.persons is not None and args.persons < 1:
         raise PalignError("--persons must be at least 1")
-    return ds, ds.select(n=args.persons, ids=ids or None)
+    full = getattr(args, "full", None)
+    sample, rng = getattr(args, "sample", None), getattr(args, "range", None)
+    if not full and (sample is not None or rng is not None):
+        flag = "--sample" if sample is not None else "--range"
+        raise PalignError(
+            f"{flag} selects persons of a full-release file; add --full FILE (PAPI-300K, see "
+            "docs/scaling.md), or use --persons/--person for the test persons"
+        )
+    ds = load_dataset(args.data, args.inventory)
+    if not full:
+        return ds, ds.select(n=args.persons, ids=ids or None)
+    if not (ids or sample is not None or rng is not None or args.persons is not None):
+        raise PalignError(
+            f"--full {full}: select persons with --sample N, --range A:B, --person ID or "
+            "--persons N (a whole release does not fit in memory at once)"
+        )
+    start, stop = parse_range(rng) if rng is not None else (None, None)
+    if args.persons is not None:
+        start, stop = 0, args.persons
+    full_ds = read_full(
+        full,
+        ds.inventory,
+        ids=ids or None,
+        start=start,
+        stop=stop,
+        sample=sample,
+        seed=getattr(args, "seed", 0),
+    )
+    return full_ds, full_ds.persons

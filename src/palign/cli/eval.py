@@ -9,11 +9,13 @@ from typing import Any
 from palign.cli.common import (
     add_model_args,
     add_pas_args,
+    add_person_args,
     add_train_args,
     build_method,
     data_args,
     emit,
     fmt_arg,
+    full_fields,
     pas_options,
     select_persons,
     train_options,
@@ -48,6 +50,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{args.method}-{args.model.replace('/', '_')}-{args.inventory}-{sem}"
     method = build_method(args, sem, opts, out)
     ds, persons = select_persons(args)
+    if hasattr(method, "persons_planned"):  # training baselines: project CPU time over all
+        method.persons_planned = len(persons)
     cfg = RunConfig(
         method=args.method,
         model=args.model,
@@ -64,6 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         options=opts,
         max_items=args.max_items,
         load_in_4bit=args.load_in_4bit,
+        **full_fields(args),
     )
     if scaled:
         from palign.scale import run_eval_ray
@@ -169,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from palign.eval.compare import DEFAULT_REFERENCES, compare_runs, compare_table
 
     refs = args.references.split(",") if args.references else list(DEFAULT_REFERENCES)
-    payload = compare_runs(args.runs, data=args.data, references=refs)
+    payload = compare_runs(args.runs, data=args.data, references=refs, full=args.full)
     emit(args, payload, compare_table(payload))
 
 
@@ -190,9 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "baselines: LoRA adapters under OUT/adapters; ppo is unavailable with TRL 1.x)",
     )
     add_model_args(p)
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
-    who.add_argument("--person", default=None, help="comma-separated person ids")
+    add_person_args(p)
     data_args(p)
     p.add_argument(
         "--readout",
@@ -253,6 +256,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="several runs side by side with the reference predictors")
     p.add_argument("runs", nargs="+", metavar="DIR", help="run folders written by 'palign eval'")
     p.add_argument("--data", metavar="DIR", help="data folder (default: the first run's)")
+    p.add_argument(
+        "--full",
+        metavar="FILE",
+        default=None,
+        help="runs over persons of a full-release file: that file, if it moved since (default: "
+        "the recorded path; its sha256 must match the recorded one)",
+    )
     p.add_argument(
         "--references",
         default=None,

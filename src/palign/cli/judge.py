@@ -8,11 +8,13 @@ from typing import Any
 from palign.cli.common import (
     add_model_args,
     add_pas_args,
+    add_person_args,
     add_train_args,
     build_method,
     data_args,
     emit,
     fmt_arg,
+    full_fields,
     pas_options,
     select_persons,
     train_options,
@@ -46,8 +48,12 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     if args.max_items is not None and args.max_items < 1:
         raise PalignError("--max-items must be at least 1")
     opts = {**pas_options(args), **train_options(args)}
-    method = build_method(args, sem, opts, args.out)
+    # adapters: --adapters DIR (another run's, e.g. palign eval's OUT/adapters), else the
+    # configuration-keyed cache shared by every generate-eval of the same training setup
+    method = build_method(args, sem, opts, None, adapters=args.adapters)
     ds, persons = select_persons(args)
+    if hasattr(method, "persons_planned"):  # training baselines: project CPU time over all
+        method.persons_planned = len(persons)
     cfg = GenerateConfig(
         method=args.method,
         model=args.model,
@@ -65,6 +71,7 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         load_in_4bit=args.load_in_4bit,
         options=opts,
+        **full_fields(args),
     )
     res = run_generate(cfg, args.out, dataset=ds, method=method, progress=not args.quiet)
     t = res["timings"]
@@ -203,11 +210,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "registered method)",
     )
     add_model_args(p)
-    who = p.add_mutually_exclusive_group()
-    who.add_argument("--persons", type=int, default=None, help="the first N persons (default: all)")
-    who.add_argument("--person", default=None, help="comma-separated person ids")
+    add_person_args(p)
     data_args(p)
     p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--adapters",
+        default=None,
+        metavar="DIR",
+        help="dpo/grpo: reuse the LoRA adapters in DIR (e.g. runs/dpo-2/adapters of a 'palign "
+        "eval' run with the same training options and --seed; missing persons are trained "
+        "into DIR); default: the user cache keyed by the training configuration and model",
+    )
     p.add_argument(
         "--max-items",
         type=int,

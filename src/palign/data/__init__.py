@@ -9,7 +9,14 @@ import os
 from pathlib import Path
 
 from palign.data.fetch import default_data_dir, fetch
-from palign.data.stream import find_full_files, full_info, iter_persons, read_full
+from palign.data.stream import (
+    find_full_files,
+    full_info,
+    iter_persons,
+    read_full,
+    run_dataset,
+    source_sha256,
+)
 from palign.data.types import (
     SEMANTICS,
     Dataset,
@@ -98,5 +105,7 @@ __all__ = [
     "iter_persons",
     "load_dataset",
     "read_full",
+    "run_dataset",
+    "source_sha256",
     "resolve_data_dir",
 ]

@@ -14,10 +14,14 @@ one person per row:
   IPIP-NEO-120 item (``Short#`` = n of the item key, i.e. ``shown_ids[n - 1]`` of the PAPI
   split). These persons answered only the 120 shown items: they can be aligned, not scored.
 
-Files may be ``.csv``, ``.csv.gz`` or a ``.zip`` holding one ``.csv``; put them in
-``<data dir>/full/`` (found by ``palign data info``) or pass the path. Nothing is loaded
-whole: rows are parsed one at a time and only the selected persons are kept, so memory
-grows with the selection, not with the file. Layout problems are one-line
+Files may be ``.csv``, ``.csv.gz`` or a ``.zip`` holding one ``.csv``, or the parquet form of
+the release (the Hugging Face dataset ``WestlakeNLP/PAPI-300K``: shards
+``data/train-0000k-of-0000n-*.parquet``): one ``.parquet`` file or a folder holding the shards
+(read in name order, one dataset), with the same columns; parquet needs ``pyarrow`` (the
+``parquet`` extra). Put them in ``<data dir>/full/`` (found by ``palign data info``) or pass
+the path. Nothing is loaded whole: CSV rows are parsed one at a time, parquet is read in
+record batches of :data:`PARQUET_BATCH` rows (``ParquetFile.iter_batches``), and only the
+selected persons are kept, so memory grows with the selection, not with the file. Layout problems are one-line
 :class:`~palign.errors.PalignError` s naming the file, the line and the fix.
 """
 
@@ -37,27 +41,191 @@ from palign.data.types import Dataset, Inventory, Person
 from palign.errors import PalignError
 
 FULL_DIR = "full"
-SUFFIXES = (".csv", ".csv.gz", ".zip")
+SUFFIXES = (".csv", ".csv.gz", ".zip", ".parquet")
+PARQUET_BATCH = 2048
+"""Rows per parquet record batch (one batch of Python values is alive at a time)."""
 LAYOUTS = {"papi-300k": 300, "papi-120-600k": 120}
 _VALID = {"", "0", "1", "2", "3", "4", "5", "0.0", "1.0", "2.0", "3.0", "4.0", "5.0"}
 _EXPECTED = "case, demographics..., i1..i300 (PAPI-300K) or i1..i120 (PAPI-120-600K)"
 
 
 def find_full_files(data_dir: str | Path) -> list[Path]:
-    """Full-release files in ``<data_dir>/full/`` (sorted; empty if none)."""
+    """Full-release files in ``<data_dir>/full/`` (sorted; empty if none): CSV files and
+    parquet files, and folders holding parquet shards."""
     folder = Path(data_dir) / FULL_DIR
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name.endswith(SUFFIXES) or p.is_dir() and _parquet_files(p)
+    )
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.is_dir() or path.name.lower().endswith(".parquet")
+
+
+def _parquet_files(path: Path) -> list[Path]:
+    """The parquet shards of a file or folder (searched below it), in name order."""
+    if path.is_file():
+        return [path]
+    return sorted((p for p in path.rglob("*.parquet") if p.is_file()), key=lambda p: str(p))
+
+
+def _require_pyarrow() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise PalignError(
+            "reading the parquet release needs pyarrow; pip install 'palign[parquet]'"
+        ) from None
+    return pq
+
+
+def _parquet_header(path: Path) -> tuple[list[Path], list[str]]:
+    """The shards of a parquet release and their (common) column names."""
+    if not path.exists():
+        _missing(path)
+    files = _parquet_files(path)
+    if not files:
+        raise PalignError(
+            f"{path} holds no .parquet file; pass the PAPI-300K parquet shards' folder or a CSV"
+        )
+    pq = _require_pyarrow()
+    header: list[str] | None = None
+    for f in files:
+        try:
+            names = list(pq.ParquetFile(f).schema_arrow.names)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds
+            raise PalignError(f"{f}: unreadable parquet ({e}); download it again") from None
+        if header is None:
+            header = names
+        elif names != header:
+            raise PalignError(
+                f"{f}: its columns differ from {files[0].name}'s; the shards must be one dataset"
+            )
+    return files, header or []
+
+
+class _ParquetRow:
+    """One row of a parquet record batch, read like a CSV row (``row[k]`` is text) without
+    turning every answer into a Python string: the batch's answers are one integer matrix
+    (0 = not answered), already checked for the whole batch."""
+
+    __slots__ = ("_text", "_items", "_pos", "_i", "_width")
+    checked = True
+
+    def __init__(
+        self, text: dict[int, list[str]], items: Any, pos: dict[int, int], i: int, width: int
+    ) -> None:
+        self._text, self._items, self._pos, self._i, self._width = text, items, pos, i, width
+
+    def __len__(self) -> int:
+        return self._width
+
+    def __getitem__(self, k: int) -> str:
+        p = self._pos.get(k)
+        return self._text[k][self._i] if p is None else _DIGITS[int(self._items[self._i, p])]
+
+    def item_values(self) -> Any:
+        """The answers of the row's item columns, in column order (numpy, 0 = missing)."""
+        return self._items[self._i]
+
+
+_DIGITS = ["0", "1", "2", "3", "4", "5"]
+
+
+def _parquet_items(batch: Any, cols: list[int], header: list[str], where: Any) -> Any:
+    """The item columns of a record batch as an integer matrix (null/NaN -> 0), checked."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = np.zeros((batch.num_rows, len(cols)), dtype=np.int8)
+    for j, k in enumerate(cols):
+        col = batch.column(k)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
+            try:
+                col = pc.cast(col, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                bad = next(i for i, v in enumerate(col.to_pylist()) if v and not _num(v))
+                _bad_value(where(bad), header[k], col[bad].as_py())
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise PalignError(f"{where(0)}: column {header[k]} is {col.type}, expected numbers")
+        vals = col.to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> NaN
+        vals[np.isnan(vals)] = 0
+        ok = (vals >= 0) & (vals <= 5) & (vals == np.floor(vals))
+        if not ok.all():
+            bad = int(np.argmin(ok))
+            _bad_value(where(bad), header[k], col[bad].as_py())
+        out[:, j] = vals
+    return out
+
+
+def _num(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _bad_value(where: str, column: str, value: Any) -> None:
+    raise PalignError(f"{where}: {column} = {value!r}, expected 0..5 (0 or empty = not answered)")
+
+
+def _parquet_records(
+    path: Path, files: list[Path], header: list[str], item_cols: list[int], id_col: int
+) -> Iterator[tuple[str, Any]]:
+    """``(where, row)`` for every row of the shards, one record batch of
+    :data:`PARQUET_BATCH` rows at a time; answers are checked batch by batch in Arrow/numpy."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pq = _require_pyarrow()
+    pos = {k: j for j, k in enumerate(item_cols)}
+    other = [k for k in range(len(header)) if k not in pos]
+    for f in files:
+        row = 0
+        try:
+            pf = pq.ParquetFile(f)
+            for batch in pf.iter_batches(batch_size=PARQUET_BATCH, use_threads=False):
+                ids = batch.column(id_col)
+                text: dict[int, list[str]] = {}
+                for k in other:
+                    col = batch.column(k)
+                    if pa.types.is_floating(col.type):
+                        col = pc.if_else(pc.is_nan(col), pa.scalar(None, col.type), col)
+                    if not pa.types.is_string(col.type):
+                        col = pc.cast(col, pa.string())
+                    text[k] = pc.fill_null(col, "").to_pylist()
+
+                def where(i: int, f: Path = f, base: int = row, ids: Any = ids) -> str:
+                    return f"{path} {f.name} row {base + i} (case {ids[i].as_py()})"
+
+                items = _parquet_items(batch, item_cols, header, where)
+                for i in range(batch.num_rows):
+                    yield f"{f.name} row {row}", _ParquetRow(text, items, pos, i, len(header))
+                    row += 1
+        except PalignError:
+            raise
+        except (OSError, ValueError, TypeError, pa.ArrowException) as e:
+            raise PalignError(f"{f}: unreadable parquet ({e}); download it again") from None
+
+
+def _missing(path: Path) -> None:
+    raise PalignError(
+        f"full-set file {path} not found; download PAPI-300K from the links in the paper's "
+        f"README and put it in <data dir>/{FULL_DIR}/ (see docs/scaling.md)"
+    )
 
 
 @contextmanager
 def _open_text(path: Path) -> Iterator[io.TextIOBase]:
     if not path.is_file():
-        raise PalignError(
-            f"full-set file {path} not found; download PAPI-300K from the links in the paper's "
-            f"README and put it in <data dir>/{FULL_DIR}/ (see docs/scaling.md)"
-        )
+        _missing(path)
     name = path.name.lower()
     if name.endswith(".csv"):
         with open(path, encoding="utf-8", newline="") as f:
@@ -82,7 +250,7 @@ def _open_text(path: Path) -> Iterator[io.TextIOBase]:
     else:
         raise PalignError(
             f"{path}: unsupported file type; expected one of {', '.join(SUFFIXES)} "
-            "(the PAPI release CSV, optionally compressed)"
+            "(the PAPI release CSV, optionally compressed, or its parquet shards)"
         )
 
 
@@ -156,8 +324,8 @@ def _layout(path: Path, header: list[str], inventory: Inventory) -> FullLayout:
     return FullLayout(path, layout, header, id_col, item_cols, demo)
 
 
-def _rows(path: Path, inventory: Inventory) -> Iterator[tuple[FullLayout, int, int, list[str]]]:
-    """Yield ``(layout, row index, line number, fields)`` for every data row, checked."""
+def _csv_records(path: Path) -> Iterator[tuple[str, list[str]] | list[str]]:
+    """The header, then ``(where, fields)`` for every non-empty row of a CSV release."""
     with _open_text(path) as f:
         reader = csv.reader(f)
         try:
@@ -166,37 +334,66 @@ def _rows(path: Path, inventory: Inventory) -> Iterator[tuple[FullLayout, int, i
             raise PalignError(f"{path} is empty; expected the PAPI release CSV") from None
         except (UnicodeDecodeError, csv.Error, OSError, EOFError) as e:
             raise PalignError(f"{path}: unreadable ({e}); download it again") from None
-        lay = _layout(path, header, inventory)
-        width = len(header)
-        lo = min(k for k, _ in lay.item_cols)
-        hi = max(k for k, _ in lay.item_cols) + 1
-        contiguous = hi - lo == len(lay.item_cols)
-        index = 0
+        yield header
         try:
             for row in reader:
-                if not row:
-                    continue
-                if len(row) != width:
-                    raise PalignError(
-                        f"{path} line {reader.line_num}: {len(row)} fields, the header has "
-                        f"{width}; the file is truncated or not the release CSV"
-                    )
-                vals = row[lo:hi] if contiguous else [row[k] for k, _ in lay.item_cols]
-                if not _VALID.issuperset(vals):
-                    k, v = next((k, row[k]) for k, _ in lay.item_cols if row[k] not in _VALID)
-                    raise PalignError(
-                        f"{path} line {reader.line_num} (case {row[lay.id_col]}): "
-                        f"{lay.header[k]} = {v!r}, expected 0..5 (0 or empty = not answered)"
-                    )
-                if not row[lay.id_col].strip():
-                    raise PalignError(f"{path} line {reader.line_num}: empty 'case' (person id)")
-                yield lay, index, reader.line_num, row
-                index += 1
+                if row:
+                    yield f"line {reader.line_num}", row
         except (UnicodeDecodeError, csv.Error, OSError, EOFError, zipfile.BadZipFile) as e:
             raise PalignError(f"{path}: unreadable ({e}); download it again") from None
 
 
-def _person(lay: FullLayout, row: list[str], inventory: Inventory) -> Person:
+def _header(path: Path) -> list[str]:
+    """The column names of a CSV or parquet release."""
+    if _is_parquet(path):
+        return _parquet_header(path)[1]
+    it = _csv_records(path)
+    header = next(it)
+    it.close()  # type: ignore[attr-defined]
+    return header  # type: ignore[return-value]
+
+
+def _rows(path: Path, inventory: Inventory) -> Iterator[tuple[FullLayout, int, str, Any]]:
+    """Yield ``(layout, row index, where, fields)`` for every data row, checked (``where``:
+    ``"line N"`` of a CSV, ``"<shard> row N"`` of parquet; ``fields[k]`` is column k's
+    text)."""
+    if _is_parquet(path):
+        files, header = _parquet_header(path)
+        lay = _layout(path, header, inventory)
+        records: Iterator[tuple[str, Any]] = _parquet_records(
+            path, files, header, [k for k, _ in lay.item_cols], lay.id_col
+        )
+    else:
+        it = _csv_records(path)
+        header = next(it)  # type: ignore[assignment]
+        lay = _layout(path, header, inventory)
+        records = it  # type: ignore[assignment]
+    width = len(header)
+    lo = min(k for k, _ in lay.item_cols)
+    hi = max(k for k, _ in lay.item_cols) + 1
+    contiguous = hi - lo == len(lay.item_cols)
+    index = 0
+    for where, row in records:
+        if not getattr(row, "checked", False):
+            if len(row) != width:
+                raise PalignError(
+                    f"{path} {where}: {len(row)} fields, the header has "
+                    f"{width}; the file is truncated or not the release CSV"
+                )
+            vals = row[lo:hi] if contiguous else [row[k] for k, _ in lay.item_cols]
+            if not _VALID.issuperset(vals):
+                k, v = next((k, row[k]) for k, _ in lay.item_cols if row[k] not in _VALID)
+                raise PalignError(
+                    f"{path} {where} (case {row[lay.id_col]}): "
+                    f"{lay.header[k]} = {v!r}, expected 0..5 (0 or empty = not answered)"
+                )
+        if not row[lay.id_col].strip():
+            raise PalignError(f"{path} {where}: empty 'case' (person id)")
+        yield lay, index, where, row
+        index += 1
+
+
+def _person(lay: FullLayout, row: Any, inventory: Inventory) -> Person:
     stored = {it.id: 0 for it in inventory.items}
     for k, iid in lay.item_cols:
         v = row[k]
@@ -341,16 +538,17 @@ def full_info(path: str | Path, inventory: Inventory) -> dict[str, Any]:
     first: list[str] = []
     for lay, _, _, row in _rows(path, inventory):
         rows += 1
-        vals = [row[k] for k, _ in lay.item_cols]
-        miss = vals.count("") + vals.count("0") + vals.count("0.0")
+        if isinstance(row, _ParquetRow):
+            miss = int((row.item_values() == 0).sum())
+        else:
+            vals = [row[k] for k, _ in lay.item_cols]
+            miss = vals.count("") + vals.count("0") + vals.count("0.0")
         missing += miss
         complete += miss == 0
         if len(first) < 5:
             first.append(_person_id(row[lay.id_col]))
     if lay is None:
-        with _open_text(path) as f:
-            header = next(csv.reader(f), [])
-        lay = _layout(path, header, inventory)
+        lay = _layout(path, _header(path), inventory)
     n_items = len(lay.item_cols)
     return {
         "file": str(path),
@@ -363,3 +561,48 @@ def full_info(path: str | Path, inventory: Inventory) -> dict[str, Any]:
         "demographic_columns": [name for _, name in lay.demo_cols],
         "first_persons": first,
     }
+
+
+def source_sha256(path: str | Path) -> str:
+    """Hex sha256 of a full-release source: the file's bytes, or for a folder of shards
+    (parquet) each shard's name and bytes in name order."""
+    import hashlib
+
+    path = Path(path)
+    if not path.exists():
+        raise PalignError(f"full-set file {path} not found; pass the PAPI-300K file with --full")
+    files = _parquet_files(path) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def run_dataset(
+    data: str | None,
+    inventory: str,
+    *,
+    full: str | None = None,
+    full_sha256: str | None = None,
+    ids: list[str] | None = None,
+) -> Dataset:
+    """The data set a run was made on: the release of ``data`` or, for a run over a
+    full-release file (``full``), its persons ``ids`` read again from that file, which must
+    still have the recorded ``full_sha256``."""
+    from palign.data import load_dataset
+
+    ds = load_dataset(data, inventory)
+    if not full:
+        return ds
+    if full_sha256 and source_sha256(full) != full_sha256:
+        raise PalignError(
+            f"{full} changed since the run was made (sha256 differs from the recorded "
+            f"{full_sha256[:12]}...); pass the file the run used"
+        )
+    if not ids:
+        raise PalignError(f"no person ids recorded for the run over {full}")
+    return read_full(full, ds.inventory, ids=ids)

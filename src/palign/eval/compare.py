@@ -28,9 +28,16 @@ def compare_runs(
     folders: list[str | Path],
     data: str | None = None,
     references: tuple[str, ...] | list[str] = DEFAULT_REFERENCES,
+    full: str | None = None,
 ) -> dict[str, Any]:
-    """Load runs and compute the reference predictors on the first run's persons."""
-    from palign.data import load_dataset
+    """Load runs and compute the reference predictors on the first run's persons.
+
+    Runs over persons of a full-release file (``palign eval --full``) are scored on those
+    persons, read again from the recorded file (or ``full``, the same file moved), whose
+    sha256 must match the recorded one; the reference predictors' population statistics
+    then come from the run's persons. Runs of one comparison must share their source.
+    """
+    from palign.data import run_dataset
     from palign.eval.baselines import predict
     from palign.eval.metrics import evaluate
     from palign.eval.runs import test_items
@@ -68,7 +75,20 @@ def compare_runs(
     for f, r in zip(folders, runs):
         if r["config"].get("max_items") != max_items:
             raise PalignError(f"{f} scores a different item set (--max-items) than the first run")
-    ds = load_dataset(data or runs[0]["config"].get("data"), inv)
+    source = runs[0]["config"].get("full_sha256")
+    for f, r in zip(folders, runs):
+        if r["config"].get("full_sha256") != source:
+            raise PalignError(
+                f"{f} read its persons from another source than the first run (--full file "
+                "or the test-set release); compare runs of one source"
+            )
+    ds = run_dataset(
+        data or runs[0]["config"].get("data"),
+        inv,
+        full=(full or runs[0]["config"].get("full")) if source else None,
+        full_sha256=source,
+        ids=persons,
+    )
     items = test_items(ds.inventory, max_items)
     scored = ds.select(ids=persons)
     for name in references:
@@ -91,6 +111,7 @@ def compare_runs(
         "persons": persons,
         "same_persons": same,
         "max_items": max_items,
+        "full": {"file": runs[0]["config"].get("full"), "sha256": source} if source else None,
         "rows": rows,
     }
 

@@ -53,6 +53,10 @@ class RunConfig:
         max_items: evaluate only this many test items, spread over the traits (smoke runs;
             None = all). Recorded, and part of the run's identity.
         load_in_4bit: load the model with 4-bit weights (bitsandbytes, CUDA only).
+        full: the full-release file (PAPI-300K / PAPI-120-600K) the persons were read from
+            (None = the test-set release of ``data``).
+        full_sha256: sha256 of ``full`` (part of the run's identity: a changed file is
+            another run).
     """
 
     method: str
@@ -70,11 +74,13 @@ class RunConfig:
     options: dict[str, Any] = field(default_factory=dict)
     max_items: int | None = None
     load_in_4bit: bool = False
+    full: str | None = None
+    full_sha256: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a run folder to be resumed."""
         d = asdict(self)
-        for k in ("persons", "data", "batch_size", "person_batch", "device"):
+        for k in ("persons", "data", "batch_size", "person_batch", "device", "full"):
             d.pop(k)
         return d
 
@@ -344,7 +350,7 @@ def plan_run(
     method: Method | None = None,
 ) -> RunPlan:
     """Check ``cfg`` and the run folder (no model loaded, nothing written) and list the work."""
-    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.data import check_inventory, check_semantics, run_dataset
     from palign.methods import MethodConfig, get_method
 
     check_inventory(cfg.inventory)
@@ -356,7 +362,9 @@ def plan_run(
         raise PalignError("calibrated methods need --readout logits")
     if hasattr(method, "bind_model"):  # PAS: the tuned alpha rule is part of the identity
         method.bind_model(cfg.model, cfg.inventory)
-    dataset = dataset or load_dataset(cfg.data, cfg.inventory)
+    dataset = dataset or run_dataset(
+        cfg.data, cfg.inventory, full=cfg.full, full_sha256=cfg.full_sha256, ids=cfg.persons
+    )
     persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]
     item_ids = test_items(dataset.inventory, cfg.max_items)

@@ -61,6 +61,8 @@ class GenerateConfig:
         device / dtype / load_in_4bit: model loading.
         options: method options (PAS ``k``, ``alpha_grid``...).
         question_version: version of the open question (:data:`prompts.QUESTION_VERSION`).
+        full, full_sha256: the full-release file the persons were read from and its sha256
+            (None = the test-set release), as in :class:`palign.eval.runs.RunConfig`.
     """
 
     method: str
@@ -80,11 +82,13 @@ class GenerateConfig:
     load_in_4bit: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     question_version: str = prompts.QUESTION_VERSION
+    full: str | None = None
+    full_sha256: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """Fields that must match for a folder to be resumed."""
         d = asdict(self)
-        for k in ("persons", "data", "batch_size", "device"):
+        for k in ("persons", "data", "batch_size", "device", "full"):
             d.pop(k)
         return d
 
@@ -230,7 +234,7 @@ def run_generate(
     import numpy as np
     from tqdm.auto import tqdm
 
-    from palign.data import check_inventory, check_semantics, load_dataset
+    from palign.data import check_inventory, check_semantics, run_dataset
     from palign.methods import MethodConfig, get_method
 
     check_inventory(cfg.inventory)
@@ -240,7 +244,9 @@ def run_generate(
     if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
         raise PalignError("--temperature must be >= 0 and --top-p in (0, 1]")
     method = method or get_method(cfg.method, MethodConfig(cfg.semantics, cfg.seed, cfg.options))
-    dataset = dataset or load_dataset(cfg.data, cfg.inventory)
+    dataset = dataset or run_dataset(
+        cfg.data, cfg.inventory, full=cfg.full, full_sha256=cfg.full_sha256, ids=cfg.persons
+    )
     persons = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]
     item_ids = test_items(dataset.inventory, cfg.max_items)

@@ -216,7 +216,7 @@ def judge_pairwise(
     ``dataset`` (default: loaded from the first folder's recorded data folder) gives the
     profiles.
     """
-    from palign.data import load_dataset
+    from palign.data import run_dataset
 
     folder_a, folder_b = Path(folder_a), Path(folder_b)
     cfg_a, rows_a = load_generations(folder_a)
@@ -238,7 +238,13 @@ def judge_pairwise(
             f"{folder_a} and {folder_b} share no (person, item); generate both for the same "
             "persons and --max-items"
         )
-    ds = dataset or load_dataset(cfg_a.get("data"), cfg_a.get("inventory", "ipip-neo"))
+    ds = dataset or run_dataset(
+        cfg_a.get("data"),
+        cfg_a.get("inventory", "ipip-neo"),
+        full=cfg_a.get("full"),
+        full_sha256=cfg_a.get("full_sha256"),
+        ids=sorted({a["person"] for a, _ in pairs}),
+    )
     profiles = {
         pid: prompts.trait_profile(
             ds.inventory, ds.person(pid), cfg_a.get("semantics", "agreement")

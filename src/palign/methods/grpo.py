@@ -2,9 +2,10 @@
 
 The installed TRL has no PPO trainer (see :mod:`palign.methods.ppo`); this is the RL baseline
 instead, named for what it is. Reward: ``-|parsed answer - person's answer|`` on 15 generated
-tokens, a fixed penalty when nothing parses. Defaults from the paper's PPO (lr 1.41e-5, batch
-16, 250 steps, KL coefficient 0.2), 8 completions per prompt
-(:class:`palign.train.config.GRPOTrainConfig`).
+tokens, -6 when nothing parses (the paper's PPO appendix). Defaults from the paper's PPO where
+they carry over (batch 16, 250 steps, KL coefficient 0.2), 8 completions per prompt, 4
+optimisation passes per generated batch (the clipped objective acts), lr 1e-4 for the LoRA
+adapter (:class:`palign.train.config.GRPOTrainConfig`).
 """
 
 from __future__ import annotations

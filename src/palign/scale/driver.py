@@ -94,15 +94,38 @@ def plan_workers(
     return {"workers": n, "wanted": wanted, "options": opts, "threads": threads, "notes": notes}
 
 
+def land_adapter_files(rec: dict[str, Any]) -> bool:
+    """Write the LoRA adapter a worker sent back with a person record (and drop the bytes
+    from the record); returns whether files were written (not when this machine already
+    holds the same adapter: a worker on this node wrote it)."""
+    from palign.scale.worker import ADAPTER_FILES
+
+    files = rec.pop(ADAPTER_FILES, None)
+    folder = (rec.get("info") or {}).get("adapter")
+    if not files or not folder:
+        return False
+    from palign.train.lora import land_adapter
+
+    return land_adapter(folder, files)
+
+
 @dataclass
 class _Slot:
-    """One worker position: its current actor and the person groups dealt to it."""
+    """One worker position: its current actor and the person groups dealt to it.
+
+    ``ready``: the current actor finished its setup (so a death after it happened while it ran
+    its first unfinished group; actors run their tasks in order). ``setup_deaths``: actors of
+    this slot that died before that.
+    """
 
     index: int
     chunks: list[int]
     actor: Any = None
     generation: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    setup_ref: Any = None
+    setup_deaths: int = 0
 
 
 def run_eval_ray(
@@ -131,7 +154,10 @@ def run_eval_ray(
             unless it is already initialised in this process.
         dataset, method: as for :func:`run_eval`.
         progress: show a progress bar.
-        max_retries: how many times a person group is retried after its worker died.
+        max_retries: how many times a person group is retried after its worker died while
+            running it (a death counts against the one group that was running, never against
+            the groups queued behind it), and how many times one worker position may lose
+            its actor before its setup finished.
         cpus_per_worker: CPUs (and torch threads) per actor when the cluster has no GPU.
         ray_init: extra ``ray.init`` arguments when this call starts Ray.
         worker_cls: the actor class (default :class:`~palign.scale.worker.EvalWorker`).
@@ -222,6 +248,8 @@ def run_eval_ray(
         slot.actor = remote_cls.options(**opts).remote(cfg, base_ref, method_ref, threads)
         slot.generation += 1
         slot.info = {}
+        slot.ready = False
+        slot.setup_ref = None
         load = slot.actor.load.remote()
         pending[load] = (slot.index, slot.generation, None)
 
@@ -230,6 +258,9 @@ def run_eval_ray(
         if setup:
             ref = slot.actor.setup.remote(entries_ref)
             pending[ref] = (slot.index, slot.generation, None)
+            slot.setup_ref = ref
+        else:
+            slot.ready = True
         for c in slot.chunks:
             if c not in finished:
                 pending[slot.actor.run_chunk.remote(chunks[c])] = (slot.index, slot.generation, c)
@@ -247,6 +278,7 @@ def run_eval_ray(
         if c in finished:
             return
         for rec in value:
+            land_adapter_files(rec)
             write_json_atomic(plan.out / "persons" / f"{rec['person']}.json", rec)
             done[rec["person"]] = rec
         finished.add(c)
@@ -286,7 +318,9 @@ def run_eval_ray(
                 raise task_error(e) from None
             entries_ref = ray.put(setup_info.pop("entries"))
             captures += int(setup_info.get("captures", 0))
-        _check_config(plan.out, cfg)  # the model loaded and the method is ready: claim it
+        # the model loaded and the method is ready: claim the folder (same weights only, as
+        # a single process does; the first worker's fingerprint of its weight files)
+        _check_config(plan.out, cfg, weights=setup_info.get("weights_fingerprint"))
         # the others set up from the shipped cache entries; the first is ready
         for s in slots:
             submit(s, setup=s is not first)
@@ -318,13 +352,19 @@ def run_eval_ray(
                 )
                 for r in done_now:
                     k = mine[r]
+                    try:
+                        got = ray.get(r)
+                    except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+                        continue
                     if k is not None:
-                        try:
-                            accept(slot, k, ray.get(r))
-                        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
-                            pass
+                        accept(slot, k, got)
+                    elif r is slot.setup_ref:
+                        slot.ready = True
                 lost = [k for k in slot.chunks if k not in finished]
-                for k in lost:
+                if lost and slot.ready:
+                    # the actor ran its groups in order: it died in the first unfinished one;
+                    # the groups queued behind it never started and are not charged
+                    k = lost[0]
                     attempts[k] += 1
                     if attempts[k] > max_retries:
                         ids = ", ".join(p.id for p in chunks[k])
@@ -332,6 +372,14 @@ def run_eval_ray(
                             f"persons {ids} were lost with {attempts[k]} workers "
                             f"({type(e).__name__}); finished persons are kept: rerun the "
                             "same command to resume"
+                        ) from None
+                elif lost:
+                    slot.setup_deaths += 1
+                    if slot.setup_deaths > max_retries:
+                        raise PalignError(
+                            f"Ray worker {si} died {slot.setup_deaths} times before its setup "
+                            f"finished ({type(e).__name__}); finished persons are kept: see "
+                            "the Ray logs (ray status), then rerun the same command to resume"
                         ) from None
                 try:
                     ray.kill(slot.actor, no_restart=True)
@@ -346,6 +394,8 @@ def run_eval_ray(
             except ray.exceptions.RayTaskError as e:
                 raise task_error(e) from None
             if c is None:  # a load or setup result
+                if ref is slot.setup_ref:
+                    slot.ready = True
                 slot.info.update(value if isinstance(value, dict) else {})
                 captures += int(slot.info.pop("captures", 0) or 0)
                 continue

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from palign.eval.runs import RunConfig
     from palign.methods.base import Method
 
+ADAPTER_FILES = "_adapter_files"
+"""Key of a person record that carries its LoRA adapter's files back to the driver (removed
+by the driver before the record is written)."""
+
 
 @contextmanager
 def recording_activation_cache() -> Iterator[list[tuple[Path, bool]]]:
@@ -176,6 +180,7 @@ class EvalWorker:
                 "entries": read_entries([stem for stem, _ in used]) if export else {},
                 "shipped_entries": shipped,
                 "captures": sum(computed for _, computed in used),
+                "weights_fingerprint": getattr(self.lm, "weights_fingerprint", None),
             }
         except BaseException as e:
             self.setup_error = e
@@ -200,7 +205,17 @@ class EvalWorker:
             self.state,
         )
         dt = (time.perf_counter() - t) / len(persons)
-        return [{"person": p.id, "seconds": round(dt, 3), **r} for p, r in zip(persons, recs)]
+        out = [{"person": p.id, "seconds": round(dt, 3), **r} for p, r in zip(persons, recs)]
+        for rec in out:
+            # a trained LoRA adapter (dpo, grpo) lies on this worker's disk: its bytes travel
+            # back with the group, and the driver writes them under the same path (a
+            # multi-node cluster has no shared run folder)
+            folder = (rec.get("info") or {}).get("adapter")
+            if folder and Path(folder).is_dir():
+                from palign.train.lora import adapter_files
+
+                rec[ADAPTER_FILES] = adapter_files(folder)
+        return out
 
     def pid(self) -> int:
         """This worker's process id (tests kill it)."""

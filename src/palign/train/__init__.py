@@ -11,7 +11,15 @@ these per person inside ``palign eval``. Needs the ``train`` extra (``trl``, ``p
 """
 
 from palign.train.config import DPOTrainConfig, GRPOTrainConfig, TrainConfig, config_from_options
-from palign.train.data import answer_reward, dpo_pairs, option_completion, rl_prompts
+from palign.train.data import (
+    answer_reward,
+    dpo_pairs,
+    dpo_rows,
+    grpo_rows,
+    option_completion,
+    rl_prompts,
+    trainer_text,
+)
 from palign.train.dpo import TrainResult, train_dpo
 from palign.train.grpo import train_grpo
 from palign.train.lora import PALIGN_META, active_lora, is_lora_folder, load_lora_model
@@ -26,10 +34,13 @@ __all__ = [
     "answer_reward",
     "config_from_options",
     "dpo_pairs",
+    "dpo_rows",
+    "grpo_rows",
     "is_lora_folder",
     "load_lora_model",
     "option_completion",
     "rl_prompts",
     "train_dpo",
     "train_grpo",
+    "trainer_text",
 ]

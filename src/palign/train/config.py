@@ -114,39 +114,60 @@ class DPOTrainConfig(TrainConfig):
 
 @dataclass
 class GRPOTrainConfig(TrainConfig):
-    """GRPO (``trl.GRPOTrainer``) with the paper's PPO settings where they carry over.
+    """GRPO (``trl.GRPOTrainer``) as close to the paper's PPO as TRL 1.x allows.
 
-    ``lr`` 1.41e-5, ``batch`` 16 completions per step, 250 steps, ``beta`` 0.2 (the KL
-    coefficient; the paper's PPO used 0.2 as its *initial adaptive* KL coefficient, GRPO keeps
-    it fixed), 15 new tokens.
+    From the paper: ``batch`` 16 completions per step, 250 steps, ``beta`` 0.2 (the paper's
+    PPO started an *adaptive* KL controller at 0.2; GRPO keeps it fixed), 15 new tokens, and
+    the reward of its appendix ("The reward function of PPO": ``-|score difference|``, -6 when
+    the response matches no option). palign's choices where the paper's setting does not carry
+    over: ``lr`` 1e-4 (the paper's 1.41e-5 is TRL's PPO default for full fine-tuning; a LoRA
+    adapter starting at zero needs a larger step, as DPO's 5e-4 here; ``--train-lr 1.41e-5``
+    restores it) and ``num_iterations`` 4 (each generated batch is optimised 4 times with the
+    clipped ratio objective, as PPO's 4 epochs per batch, TRL's ``num_ppo_epochs`` default;
+    with 1 the ratio is always 1 and the clip never acts).
 
     Attributes:
         beta: KL coefficient to the frozen base.
         num_generations: completions per prompt (the group whose rewards are normalised).
+        num_iterations: optimisation passes over each generated batch (PPO epochs).
         max_new_tokens: completion length.
         temperature: sampling temperature of the completions.
         unparsed_penalty: reward of a completion with no parseable answer.
     """
 
-    lr: float = 1.41e-5
+    lr: float = 1e-4
     beta: float = 0.2
     num_generations: int = 8
+    num_iterations: int = 4
     max_new_tokens: int = 15
     temperature: float = 1.0
-    unparsed_penalty: float = -5.0
+    unparsed_penalty: float = -6.0
 
     def check(self) -> None:
         """Validate (see :meth:`TrainConfig.check`)."""
         super().check()
         if self.num_generations < 2:
             raise PalignError("num_generations must be at least 2 (GRPO compares a group)")
-        if self.micro_batch % self.num_generations:
-            raise PalignError(
-                f"micro_batch ({self.micro_batch}) must be a multiple of num_generations "
-                f"({self.num_generations})"
-            )
+        n = self.num_generations
+        for name, flag in (("batch", "--train-batch"), ("micro_batch", "--train-micro-batch")):
+            v = getattr(self, name)
+            if v % n:
+                fits = [g for g in range(min(v, n - 1), 1, -1) if v % g == 0]
+                alt = (
+                    f", or fewer completions per prompt with --train-option "
+                    f"num_generations={fits[0]}"
+                    if fits
+                    else ""
+                )
+                raise PalignError(
+                    f"{flag} {v} ({name}) is not a whole number of GRPO groups of "
+                    f"num_generations={n} completions per prompt; give {flag} {n} (or a "
+                    f"multiple of {n}){alt}"
+                )
         if self.max_new_tokens < 1:
             raise PalignError("max_new_tokens must be at least 1")
+        if self.num_iterations < 1:
+            raise PalignError(f"num_iterations must be at least 1, got {self.num_iterations}")
         if self.beta < 0:
             raise PalignError(f"beta must be at least 0, got {self.beta}")
 
@@ -173,10 +194,31 @@ def _cast(name: str, value: Any, default: Any) -> Any:
     return str(value)
 
 
+PAS_OPTIONS = {
+    "k": "--k",
+    "alpha": "--alpha",
+    "alpha_grid": "--alpha-grid",
+    "alpha_selection": "--alpha-selection",
+    "folds": "--folds",
+    "steer_position": "--steer-position",
+    "head_rank": "--head-rank",
+    "probe_split": "--probe-split",
+    "o_proj_path": "--o-proj-path",
+}
+"""PAS's method options and their flags (refused by the training baselines with that reason)."""
+
+
 def config_from_options(cls: type[C], options: dict[str, Any], method: str) -> C:
-    """Build ``cls`` from method options; unknown keys raise a one-line :class:`PalignError`."""
+    """Build ``cls`` from method options; unknown keys raise a one-line :class:`PalignError`
+    (PAS's options are named as such: a LoRA adapter has no steering strength or heads)."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(k for k in options if k not in known)
+    pas = [k for k in unknown if k in PAS_OPTIONS]
+    if pas:
+        raise PalignError(
+            f"{PAS_OPTIONS[pas[0]]} is an option of PAS (pas, pas+few-shot), not of {method}, "
+            f"which trains a LoRA adapter; drop {PAS_OPTIONS[pas[0]]} or use --method pas"
+        )
     if unknown:
         raise PalignError(
             f"unknown trainer option {unknown[0]!r} for {method}; use one of: {', '.join(known)}"

@@ -11,6 +11,12 @@
 
 Answers are taken under the run's semantics (agreement by default), the same scale the
 readout is scored on.
+
+TRL (1.x) tokenizes plain-text prompts with ``tokenizer(text=prompt)``, which adds the
+tokenizer's special tokens; a chat template that renders BOS into the text (Llama-3, Gemma)
+would then train on ``[BOS, BOS, ...]`` while the readout reads one BOS.
+:func:`trainer_text` gives TRL the prompt whose tokenization equals the readout's
+(:func:`palign.models.prompts.encode_prompt`), checked token for token.
 """
 
 from __future__ import annotations
@@ -21,7 +27,41 @@ from typing import Any
 
 from palign.data.types import Dataset, Person, Semantics
 from palign.errors import PalignError
-from palign.models.prompts import OPTION_LETTERS, OPTION_TEXTS, build_generate_prompt, build_prompt
+from palign.models.prompts import (
+    OPTION_LETTERS,
+    OPTION_TEXTS,
+    build_generate_prompt,
+    build_prompt,
+    encode_prompt,
+)
+
+
+def trainer_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt text to hand TRL so that TRL's tokenization equals the readout's.
+
+    TRL 1.x tokenizes a plain-text prompt as ``tokenizer(text=prompt)`` (special tokens
+    added); the readout encodes it with :func:`~palign.models.prompts.encode_prompt` (no
+    special tokens added to chat-template text, which already holds them). When the template
+    rendered the BOS the tokenizer adds itself (Llama-3, Gemma), it is cut from the text here,
+    so TRL's ids are ``[BOS, ...]`` once, like the readout's. Raises :class:`PalignError` when
+    no such text exists (a tokenizer that adds special tokens the template does not render).
+    """
+    want = list(encode_prompt(tokenizer, prompt))
+    candidates = [prompt]
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and prompt.startswith(bos):
+        candidates.insert(0, prompt[len(bos) :])
+    got: list[int] = []
+    for text in candidates:
+        got = list(tokenizer(text=text).input_ids)
+        if got == want:
+            return text
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    raise PalignError(
+        f"the tokenizer of {name} adds special tokens the chat template does not render "
+        f"(training would see {got[:3]}..., the readout {want[:3]}...); palign cannot hand "
+        "TRL this model's prompts unchanged, use a model whose tokenizer adds only BOS"
+    )
 
 
 def option_completion(answer: int, form: str = "option") -> str:
@@ -120,9 +160,10 @@ def rl_prompts(
 
 
 def answer_reward(
-    completions: Sequence[str], answer: Sequence[int], unparsed_penalty: float = -5.0
+    completions: Sequence[str], answer: Sequence[int], unparsed_penalty: float = -6.0
 ) -> list[float]:
-    """``-|parsed answer - person's answer|`` per completion; ``unparsed_penalty`` if unparsed."""
+    """``-|parsed answer - person's answer|`` per completion; ``unparsed_penalty`` if unparsed
+    (-6, the paper's appendix: below every parsed answer's reward)."""
     from palign.models.readout import parse_answer
 
     out = []
@@ -130,3 +171,16 @@ def answer_reward(
         got = parse_answer(text if isinstance(text, str) else str(text))
         out.append(float(unparsed_penalty) if got is None else -abs(float(got) - float(a)))
     return out
+
+
+def dpo_rows(tokenizer: Any, pairs: Sequence[PreferencePair]) -> list[dict[str, str]]:
+    """The rows ``trl.DPOTrainer`` gets: prompt (see :func:`trainer_text`), chosen, rejected."""
+    return [
+        {"prompt": trainer_text(tokenizer, p.prompt), "chosen": p.chosen, "rejected": p.rejected}
+        for p in pairs
+    ]
+
+
+def grpo_rows(tokenizer: Any, prompts: Sequence[RLPrompt]) -> list[dict[str, Any]]:
+    """The rows ``trl.GRPOTrainer`` gets: prompt (see :func:`trainer_text`) and the answer."""
+    return [{"prompt": trainer_text(tokenizer, p.prompt), "answer": p.answer} for p in prompts]

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palign.train.config import DPOTrainConfig
-from palign.train.data import PreferencePair
+from palign.train.data import PreferencePair, dpo_rows
 from palign.train.lora import (
     drop_printer,
     lora_config,
     lora_training,
     loss_summary,
     progress_callback,
+    projection_callbacks,
     quiet_libraries,
     run_training,
     save_lora,
@@ -67,15 +68,19 @@ def train_dpo(
     person: str = "",
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    project_persons: int = 0,
 ) -> TrainResult:
     """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically).
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. step timers).
+    ``project_persons``: on CPU, warn after the first optimiser step when this many persons'
+    training projects past an hour (:func:`~palign.train.lora.projection_callback`); 0 = no
+    projection.
     """
     from datasets import Dataset as HFDataset
     from trl import DPOConfig
 
-    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    rows = dpo_rows(lm.tokenizer, pairs)
     holder: dict[str, Any] = {}
 
     def train() -> None:
@@ -96,7 +101,11 @@ def train_dpo(
                     args=args,
                     train_dataset=HFDataset.from_list(rows),
                     processing_class=lm.tokenizer,
-                    callbacks=[progress_callback(f"dpo {person}", cfg.steps, progress), *callbacks],
+                    callbacks=[
+                        progress_callback(f"dpo {person}", cfg.steps, progress),
+                        *projection_callbacks("dpo", cfg, lm, project_persons),
+                        *callbacks,
+                    ],
                 )
                 drop_printer(trainer)
                 trainer.train()

@@ -1,8 +1,10 @@
 """Per-person GRPO with ``trl.GRPOTrainer`` and a PEFT LoRA adapter.
 
 The installed TRL (1.x) ships no PPO trainer, so the RL baseline is GRPO with the rule reward
-of the PPO recipe (``-|parsed answer - person's answer|``, a fixed penalty when nothing
-parses) and the paper's PPO hyper-parameters where they carry over. Results name it
+of the paper's PPO appendix (``-|parsed answer - person's answer|``, -6 when nothing parses),
+several optimisation passes per generated batch so the clipped ratio objective acts, and the
+paper's PPO hyper-parameters where they carry over (see
+:class:`~palign.train.config.GRPOTrainConfig`). Results name it
 ``grpo``, never PPO. The KL term's reference is the frozen base (adapter disabled).
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from palign.train.config import GRPOTrainConfig
-from palign.train.data import RLPrompt, answer_reward
+from palign.train.data import RLPrompt, answer_reward, grpo_rows
 from palign.train.dpo import TrainResult
 from palign.train.lora import (
     drop_printer,
@@ -23,6 +25,7 @@ from palign.train.lora import (
     lora_training,
     loss_summary,
     progress_callback,
+    projection_callbacks,
     quiet_libraries,
     run_training,
     save_lora,
@@ -51,15 +54,19 @@ def train_grpo(
     person: str = "",
     progress: bool = True,
     callbacks: Sequence[Any] = (),
+    project_persons: int = 0,
 ) -> TrainResult:
     """Train one LoRA adapter with GRPO on ``prompts`` and save it to ``folder`` (atomically).
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (e.g. step timers).
+    ``project_persons``: on CPU, warn after the first optimiser step when this many persons'
+    training projects past an hour (:func:`~palign.train.lora.projection_callback`); 0 = no
+    projection.
     """
     from datasets import Dataset as HFDataset
     from trl import GRPOConfig
 
-    rows = [{"prompt": p.prompt, "answer": p.answer} for p in prompts]
+    rows = grpo_rows(lm.tokenizer, prompts)
     holder: dict[str, Any] = {}
 
     def reward(completions: list[Any], answer: list[int], **_: Any) -> list[float]:
@@ -75,6 +82,7 @@ def train_grpo(
                 **trainer_common_args(cfg, lm, seed, tmp),
                 beta=cfg.beta,
                 num_generations=cfg.num_generations,
+                num_iterations=cfg.num_iterations,
                 max_completion_length=cfg.max_new_tokens,
                 temperature=cfg.temperature,
                 generation_kwargs={"pad_token_id": pad} if pad is not None else None,
@@ -89,6 +97,7 @@ def train_grpo(
                     processing_class=lm.tokenizer,
                     callbacks=[
                         progress_callback(f"grpo {person}", cfg.steps, progress, "reward"),
+                        *projection_callbacks("grpo", cfg, lm, project_persons),
                         *callbacks,
                     ],
                 )

@@ -207,6 +207,54 @@ def progress_callback(desc: str, total: int, enabled: bool = True, key: str = "l
     return _Bar()
 
 
+PROJECTION_WARN_S = 3600.0
+"""A CPU training run projected past this many seconds warns after its first step."""
+
+
+def projection_callback(
+    desc: str, steps: int, persons: int, device: str, threshold: float = PROJECTION_WARN_S
+) -> Any:
+    """A ``TrainerCallback`` that, on CPU, times the first optimiser step and warns on stderr
+    when ``steps`` x ``persons`` of them project past ``threshold`` seconds (a projection
+    from one measured step, printed as such); silent on GPUs."""
+    import sys
+
+    from transformers import TrainerCallback
+
+    class _Projection(TrainerCallback):
+        t0 = 0.0
+        done = False
+
+        def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+            if self.done or device != "cpu":
+                return
+            self.done = True
+            first = time.perf_counter() - self.t0
+            total = first * steps * max(1, persons)
+            if total > threshold:
+                who = f" x {persons} persons" if persons > 1 else ""
+                print(
+                    f"palign: warning: {desc} on CPU: the first optimiser step took {first:.1f} s, "
+                    f"so {steps} steps{who} project to about {total / 3600:.1f} h (a projection "
+                    "from one step); lower --train-steps or --train-batch, or use a GPU",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return _Projection()
+
+
+def projection_callbacks(method: str, cfg: TrainConfig, lm: LoadedModel, persons: int) -> list:
+    """``[projection_callback(...)]`` for a run of ``persons`` persons still to train (none
+    when ``persons`` is 0: the caller has warned already or does not want it)."""
+    if persons < 1:
+        return []
+    return [projection_callback(method, cfg.steps, persons, lm.device.type)]
+
+
 def drop_printer(trainer: Any) -> None:
     """Remove the Trainer's log printer (our progress bar shows the loss instead)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -261,24 +309,59 @@ def save_lora(pm: Any, folder: Path, meta: dict[str, Any]) -> Path:
             **meta,
         }
         (tmp / PALIGN_META).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o755 & ~umask)
-        for f in tmp.iterdir():
-            if f.is_file():
-                os.chmod(f, 0o644 & ~umask)
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
+        _install(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _install(tmp: Path, folder: Path) -> None:
+    """Give the files of ``tmp`` the usual modes and rename it to ``folder`` (replacing it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o755 & ~umask)
+    for f in tmp.iterdir():
+        if f.is_file():
+            os.chmod(f, 0o644 & ~umask)
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+
+
+def adapter_files(folder: str | Path) -> dict[str, bytes]:
+    """The files of a saved adapter folder, by name (to send them to another machine)."""
+    return {f.name: f.read_bytes() for f in sorted(Path(folder).iterdir()) if f.is_file()}
+
+
+def land_adapter(folder: str | Path, files: dict[str, bytes]) -> bool:
+    """Write an adapter's files (from :func:`adapter_files`) to ``folder``, atomically.
+
+    Nothing is written when ``folder`` already holds the same :data:`PALIGN_META` (the same
+    adapter, e.g. written by a worker on this machine). Returns whether it wrote.
+    """
+    folder = Path(folder)
+    meta = folder / PALIGN_META
+    if meta.is_file() and PALIGN_META in files and meta.read_bytes() == files[PALIGN_META]:
+        return False
+    if any(Path(name).name != name or name in ("", ".", "..") for name in files):
+        raise PalignError(f"refusing adapter file names with a folder part for {folder}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        # the record last: a folder with palign_train.json is complete
+        for name in sorted(files, key=lambda n: n == PALIGN_META):
+            (tmp / name).write_bytes(files[name])
+        _install(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
 
 
 def read_meta(folder: str | Path) -> dict[str, Any] | None:

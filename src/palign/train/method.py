@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from palign.data.types import Dataset, Person
+from palign.errors import PalignError
 from palign.methods.base import Aligned, Method, MethodConfig
 from palign.models.loading import LoadedModel
 from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
@@ -47,8 +48,16 @@ class LoRATrainingMethod(Method):
         super().__init__(config)
         self.train_config = config_from_options(self.config_class, self.config.options, self.name)
         self.adapter_root: Path | None = None
-        """Where adapters are written (``palign eval`` sets ``OUT/adapters``)."""
+        """Where adapters are written (``palign eval`` sets ``OUT/adapters``; None = the user
+        cache, in a folder keyed by the method's configuration and the model)."""
+        self.shared_adapters = False
+        """``adapter_root`` belongs to another run (``generate-eval --adapters DIR``): an
+        adapter there of another configuration is refused, never overwritten."""
         self.progress = True
+        self.persons_planned: int | None = None
+        """Persons this run will train (set by the CLI): the first training on CPU warns when
+        their projected time passes an hour; None = only this person is projected."""
+        self._projected = False
 
     # --- to implement ----------------------------------------------------------------------
     def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
@@ -57,13 +66,16 @@ class LoRATrainingMethod(Method):
 
     def trainer(self) -> Any:
         """The training function (``train_dpo``, ``train_grpo``): called as
-        ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=)``."""
+        ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=,
+        project_persons=)``."""
         raise NotImplementedError
 
     def train(
         self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
     ) -> Any:
         """Train and save one adapter; returns a :class:`palign.train.dpo.TrainResult`."""
+        project = 0 if self._projected else (self.persons_planned or 1)
+        self._projected = True
         return self.trainer()(
             lm,
             examples,
@@ -73,6 +85,7 @@ class LoRATrainingMethod(Method):
             meta=meta,
             person=person,
             progress=self.progress,
+            project_persons=project,
         )
 
     # --- shared ------------------------------------------------------------------------------
@@ -134,6 +147,15 @@ class LoRATrainingMethod(Method):
         meta = self._meta(lm, dataset, person)
         old = read_meta(folder)
         reused = old is not None and self._same(old, meta) and "loss" in old
+        if old is not None and not reused and self.shared_adapters:
+            keys = ("method", "person", "model_id", "revision", "inventory", "semantics")
+            diff = [k for k in (*keys, "seed", "training") if old.get(k) != meta.get(k)]
+            what = ", ".join(diff) or "no loss recorded"
+            raise PalignError(
+                f"{folder} holds an adapter of another configuration ({what}); give the "
+                "training options and --seed of the run that wrote it, or another --adapters "
+                "folder"
+            )
         if reused:
             loss, seconds = old["loss"], old.get("seconds")
             extra = {k: old[k] for k in ("reward",) if k in old}
