@@ -106,7 +106,7 @@ def test_all_positions_small_memory_budget_same_result(tiny_lm: LoadedModel) -> 
     import palign.models.readout as ro
 
     orig = ro._ReadContext.rows_for
-    ro._ReadContext.rows_for = lambda self, length, cap: 1  # type: ignore[method-assign]
+    ro._ReadContext.rows_for = lambda self, length, cap, budget=None: 1  # type: ignore[method-assign]
     try:
         small = option_probs(tiny_lm, reqs, batch_size=16, steering=table)
     finally:

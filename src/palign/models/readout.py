@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,14 +128,24 @@ def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
 
 
-def _fresh_cache(model: Any, stored: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:
-    """A new DynamicCache holding the stored prefix, expanded to ``batch`` rows."""
+def _new_cache(model: Any, full: bool = False) -> Any:
+    """An empty DynamicCache; ``full``: every layer keeps every token (no sliding-window
+    cropping; the model's attention mask still applies the window)."""
     from transformers import DynamicCache
 
+    if full:
+        return DynamicCache()
     try:
-        cache = DynamicCache(config=model.config)
+        return DynamicCache(config=model.config)
     except TypeError:  # older signature
-        cache = DynamicCache()
+        return DynamicCache()
+
+
+def _fresh_cache(
+    model: Any, stored: list[tuple[torch.Tensor, torch.Tensor]], batch: int, full: bool = False
+) -> Any:
+    """A new DynamicCache holding the stored prefix, expanded to ``batch`` rows."""
+    cache = _new_cache(model, full)
     for i, (k, v) in enumerate(stored):
         cache.update(
             k.expand(batch, *k.shape[1:]), v.expand(batch, *v.shape[1:]), i
@@ -280,9 +291,12 @@ class _ReadContext:
         opt_ids: torch.Tensor,
         steering: torch.Tensor | None,
         position: str = "last",
+        window: int | None = None,
     ) -> None:
         self.model, self.device, self.mdtype, self.pad_id = model, device, mdtype, pad_id
         self.position = position
+        # sliding-window models: caches keep every token (a cropped prefix cannot be shared)
+        self.window, self.full_cache = window, window is not None
         self.kv_bytes_per_token = _kv_bytes_per_token(model, mdtype)
         # materialised per-row caches per forward: a long shared prefix (few-shot, persona)
         # copied to every row must not exhaust memory
@@ -293,6 +307,35 @@ class _ReadContext:
             opt_ids,
             steering,
         )
+
+    def new_cache(self) -> Any:
+        """An empty cache for a forward of this readout (uncropped on sliding-window models)."""
+        return _new_cache(self.model, self.full_cache)
+
+    def chunks(
+        self, order: Sequence[Any], size: int, length: Any, plen: int
+    ) -> Iterator[list[Any]]:
+        """Chunks of at most ``size`` of ``order`` (sorted longest first by ``length``).
+
+        On a sliding-window model, whose mask counts cache columns, the left padding between
+        the prefix and a shorter suffix would move prefix tokens out of that row's window;
+        a chunk whose prompts may reach past the window holds suffixes of one length only.
+        """
+        chunk: list[Any] = []
+        for key in order:
+            if chunk and (
+                len(chunk) >= size
+                or (
+                    self.window is not None
+                    and plen + length(chunk[0]) > self.window
+                    and length(key) != length(chunk[0])
+                )
+            ):
+                yield chunk
+                chunk = []
+            chunk.append(key)
+        if chunk:
+            yield chunk
 
     def _u(self, rows: Sequence[int | None]) -> torch.Tensor | None:
         if self.steering is None or all(r is None for r in rows):
@@ -335,12 +378,12 @@ class _ReadContext:
         # fully padded query row would have nothing to attend to)
         order = sorted(range(len(keys)), key=lambda j: -len(seqs[j]))
         size = self.rows_for(plen + max(len(x) for x in seqs), batch_size) if plen else 1
-        for chunk in _chunks(order, size):
+        for chunk in self.chunks(order, size, lambda j: len(seqs[j]), plen):
             ids, smask = _left_pad([seqs[j] for j in chunk], self.pad_id, self.device)
             b = ids.shape[0]
             kwargs: dict[str, Any] = dict(self.keep_kw)
             if plen:
-                kwargs[self.cache_kw] = _fresh_cache(self.model, stored, b)
+                kwargs[self.cache_kw] = _fresh_cache(self.model, stored, b, self.full_cache)
             ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
             attn = torch.cat([ones, smask], dim=1)
             pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
@@ -349,6 +392,7 @@ class _ReadContext:
                     input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kwargs
                 )
             self._store(out.logits[:, -1, :], [keys[j] for j in chunk], uniq, probs, bar)
+            del out, kwargs  # this forward's cache, before the next chunk's is built
         return len(keys)
 
     def per_row(
@@ -370,34 +414,53 @@ class _ReadContext:
         plen = len(prefix)
         rows = list(dict.fromkeys(k[1] for k in uniq))
         longest = plen + max(len(x) for x in seqs.values())
-        # prefix caches of a group of rows are alive together with one suffix forward
-        group = self.rows_for(max(1, plen), max(1, 64 * batch_size)) if plen else len(rows)
+        per_tok = self.kv_bytes_per_token
+        if plen:
+            # alive at once: the group's prefix caches (group x plen tokens) and the working
+            # set of one forward, either a prefix forward's own cache (sub x plen) or a
+            # suffix forward's cache, which grows to `longest` tokens per row (size x longest);
+            # each working set gets at most half of the budget, the group what is left
+            size = self.rows_for(longest, batch_size, self.budget // 2)
+            sub_rows = self.rows_for(plen, batch_size, self.budget // 2)
+            work = max(size * longest, sub_rows * plen) * per_tok
+            group = self.rows_for(plen, max(1, 64 * batch_size), self.budget - work)
+        else:
+            size, sub_rows, group = 1, 1, len(rows)
         for rgroup in _chunks(rows, group):
             kv: list[tuple[torch.Tensor, torch.Tensor]] = []
             if plen:
-                parts = []
                 ids = torch.tensor([prefix], device=self.device)
-                for sub in _chunks(rgroup, self.rows_for(plen, batch_size)):
+                lo = 0
+                for sub in _chunks(rgroup, sub_rows):
                     with _maybe_steer(self.model, self._u(sub), "all"):
                         out = self.model(
-                            input_ids=ids.expand(len(sub), -1), use_cache=True, **self.keep_kw
+                            input_ids=ids.expand(len(sub), -1),
+                            use_cache=True,
+                            **{self.cache_kw: self.new_cache()},
+                            **self.keep_kw,
                         )
-                    parts.append([(k, v) for k, v in _cache_tensors(_out_cache(out))])
-                kv = [
-                    (torch.cat([p[li][0] for p in parts]), torch.cat([p[li][1] for p in parts]))
-                    for li in range(len(parts[0]))
-                ]
+                    for li, (k, v) in enumerate(_cache_tensors(_out_cache(out))):
+                        if not lo:  # one tensor per layer for the whole group, filled in place
+                            kv.append(
+                                (
+                                    k.new_empty((len(rgroup), *k.shape[1:])),
+                                    v.new_empty((len(rgroup), *v.shape[1:])),
+                                )
+                            )
+                        kv[li][0][lo : lo + len(sub)] = k
+                        kv[li][1][lo : lo + len(sub)] = v
+                    lo += len(sub)
+                    del out  # the forward's own cache, before the next one is built
             where = {r: j for j, r in enumerate(rgroup)}
             keys = [k for k in uniq if k[1] in where]
             keys.sort(key=lambda k: -len(seqs[k[0]]))
-            size = self.rows_for(longest, batch_size) if plen else 1
-            for chunk in _chunks(keys, size):
+            for chunk in self.chunks(keys, size, lambda k: len(seqs[k[0]]), longest):
                 ids, smask = _left_pad([seqs[k[0]] for k in chunk], self.pad_id, self.device)
                 b = ids.shape[0]
                 kwargs: dict[str, Any] = dict(self.keep_kw)
                 if plen:
                     sel = torch.tensor([where[k[1]] for k in chunk], device=self.device)
-                    kwargs[self.cache_kw] = _indexed_cache(self.model, kv, sel)
+                    kwargs[self.cache_kw] = _indexed_cache(self.model, kv, sel, self.full_cache)
                 ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
                 attn = torch.cat([ones, smask], dim=1)
                 pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
@@ -410,13 +473,16 @@ class _ReadContext:
                         **kwargs,
                     )
                 self._store(out.logits[:, -1, :], chunk, uniq, probs, bar)
+                del out, kwargs  # this forward's cache, before the next chunk's is built
             del kv
         return len(uniq)
 
-    def rows_for(self, length: int, cap: int) -> int:
-        """Rows per forward so that the materialised caches stay within the memory budget."""
+    def rows_for(self, length: int, cap: int, budget: int | None = None) -> int:
+        """Rows (at most ``cap``, at least 1) whose caches of ``length`` tokens each fit
+        ``budget`` bytes (default: the whole memory budget)."""
         per_row = max(1, self.kv_bytes_per_token * length)
-        return max(1, min(cap, self.budget // per_row))
+        budget = self.budget if budget is None else budget
+        return max(1, min(cap, budget // per_row))
 
     def two_stage(
         self,
@@ -446,7 +512,7 @@ class _ReadContext:
             bodies = [suffixes[st][:-1] for st in chunk]
             ids, bmask = _left_pad(bodies, self.pad_id, self.device)
             b, width = ids.shape
-            cache = _fresh_cache(self.model, prefix, b)
+            cache = _fresh_cache(self.model, prefix, b, self.full_cache)
             ones = torch.ones((b, plen), dtype=bmask.dtype, device=self.device)
             pos = plen + (bmask.cumsum(dim=1) - 1).clamp(min=0)
             out = self.model(
@@ -503,7 +569,7 @@ class _ReadContext:
                 mask[row : row + c, plen + width - n : plen + width] = 1
                 pos_list += [plen + n] * c
                 row += c
-            cache2 = _indexed_cache(self.model, layers, None)
+            cache2 = _indexed_cache(self.model, layers, None, self.full_cache)
             last = torch.tensor([[suffixes[k[0]][-1]] for k in sub], device=self.device)
             pos2 = torch.tensor(pos_list, device=self.device).unsqueeze(1)
             with _maybe_steer(self.model, self._u([k[1] for k in sub]), "last"):
@@ -580,15 +646,13 @@ def _kv_bytes_per_token(model: Any, dtype: torch.dtype) -> int:
 
 
 def _indexed_cache(
-    model: Any, kv: list[tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor
+    model: Any,
+    kv: list[tuple[torch.Tensor, torch.Tensor]],
+    rows: torch.Tensor | None,
+    full: bool = False,
 ) -> Any:
     """A new DynamicCache holding rows ``rows`` of the given per-layer keys/values."""
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older signature
-        cache = DynamicCache()
+    cache = _new_cache(model, full)
     for i, (k, v) in enumerate(kv):
         if rows is not None:
             k, v = k.index_select(0, rows), v.index_select(0, rows)
@@ -641,7 +705,7 @@ def option_probs(
     probs = np.zeros((len(requests), 5))
     bar = _progress(len(requests), progress, "option probs")
     ctx = _ReadContext(
-        model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering, position
+        model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering, position, window
     )
     with torch.no_grad():
         for system_prompt, idx in _groups(requests).items():
@@ -654,7 +718,13 @@ def option_probs(
             split = split_prompts(tok, prompts)
             prefix = split.prefix_ids
             if window is not None and len(prefix) >= window - 1:
-                prefix = []  # a cropped sliding-window cache cannot be re-expanded: no sharing
+                warnings.warn(
+                    f"the model's sliding window ({window} tokens) is shorter than the shared "
+                    f"prompt prefix ({len(prefix)} tokens): the readout keeps the prefix's cache "
+                    "uncropped so that it is still shared, and batches only suffixes of equal "
+                    "length (padding would move tokens out of the window)",
+                    stacklevel=2,
+                )
             steered = any(key[1] is not None for key in uniq)
             if steered and position == "all":
                 plen = len(prefix)
@@ -680,7 +750,10 @@ def option_probs(
                 pkv = store.get(ptag)
             elif plen:
                 out = model(
-                    input_ids=torch.tensor([prefix], device=device), use_cache=True, **keep_kw
+                    input_ids=torch.tensor([prefix], device=device),
+                    use_cache=True,
+                    **{cache_kw: ctx.new_cache()},
+                    **keep_kw,
                 )
                 pkv = [(k.detach(), v.detach()) for k, v in _cache_tensors(_out_cache(out))]
                 if two:
