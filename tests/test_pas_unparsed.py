@@ -23,9 +23,7 @@ GRID = [0.0, 2.0, 8.0]
 
 def _scripted_pas(tiny_lm: LoadedModel, tiny: Dataset, readout: str) -> PAS:
     pas = PAS(
-        MethodConfig(
-            options={"k": 4, "alpha_grid": GRID, "folds": 3, "selection_readout": readout}
-        )
+        MethodConfig(options={"k": 4, "alpha_grid": GRID, "folds": 3, "selection_readout": readout})
     )
     inv = tiny.inventory
     person = tiny.persons[0]
