@@ -74,5 +74,6 @@ def test_all_positions_readout_peak_within_budget(tiny_lm: LoadedModel, monkeypa
         out = option_probs(lm, reqs, batch_size=2, steering=table)
     # the budget covers caches; a forward's logits (rows x vocab, fp32) come on top
     logits = 2 * len(tok) * 4
+    print(f"peak {m.peak / 2**20:.1f} MiB, budget {budget / 2**20:.0f} MiB")
     assert m.peak <= budget + logits, f"{m.peak / 2**20:.1f} MiB > {budget / 2**20:.0f} MiB"
     np.testing.assert_allclose(np.log(out.probs), np.log(ref.probs), atol=1e-5, rtol=0)
