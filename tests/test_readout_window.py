@@ -55,12 +55,24 @@ def _gemma3(tok, window: int) -> LoadedModel:
     return LoadedModel(model, tok, "g3", "g3", None, torch.device("cpu"), torch.float32)
 
 
-def _plain_logp(lm: LoadedModel, r: ReadRequest, table: torch.Tensor | None) -> np.ndarray:
-    model = lm.model if r.steer is None else with_bias(lm.model, table[r.steer])
+def _plain_logp(
+    lm: LoadedModel, r: ReadRequest, table: torch.Tensor | None, position: str = "all"
+) -> np.ndarray:
+    """A plain forward of the full prompt: ``u`` as o_proj bias (``all``) or added at the
+    last position by ``steer`` (``last``)."""
+    from palign.steering import steer
+
+    model = lm.model
+    if r.steer is not None and position == "all":
+        model = with_bias(lm.model, table[r.steer])
     tok = lm.tokenizer
     ids = torch.tensor([encode_prompt(tok, build_prompt(tok, r.system_prompt, r.statement))])
     with torch.no_grad():
-        logits = model(input_ids=ids, use_cache=False).logits[0, -1]
+        if r.steer is not None and position == "last":
+            with steer(model, table[r.steer][None], position="last"):
+                logits = model(input_ids=ids, use_cache=False).logits[0, -1]
+        else:
+            logits = model(input_ids=ids, use_cache=False).logits[0, -1]
     return torch.log_softmax(logits[option_token_ids(tok)].double(), -1).numpy()
 
 
@@ -76,7 +88,7 @@ def _check(lm: LoadedModel, position: str = "all") -> None:
     table = torch.randn(2, cfg.num_hidden_layers, cfg.hidden_size) * 0.5
     reqs = [ReadRequest(SYSTEM, st, r) for r in (None, 0, 1) for st in STATEMENTS]
     out = option_probs(lm, reqs, batch_size=8, steering=table, position=position)
-    ref = np.stack([_plain_logp(lm, r, table) for r in reqs])
+    ref = np.stack([_plain_logp(lm, r, table, position) for r in reqs])
     assert np.exp(ref).std() > 0.02  # far from uniform: the comparison has teeth
     np.testing.assert_allclose(np.log(out.probs), ref, atol=2e-5, rtol=0)
 
@@ -90,6 +102,7 @@ def test_window_longer_than_prefix_shorter_than_prompt(tiny_lm: LoadedModel) -> 
     assert plen < window - 1 < plen + max(slens)
     lm = _gemma3(tok, window)
     _check(lm, "all")
+    _check(lm, "last")
     reqs = [ReadRequest(SYSTEM, st) for st in STATEMENTS]  # unsteered: the shared-prefix path
     out = option_probs(lm, reqs, batch_size=8)
     ref = np.stack([_plain_logp(lm, r, None) for r in reqs])
@@ -117,5 +130,6 @@ def test_prefix_longer_than_window_keeps_sharing(tiny_lm: LoadedModel) -> None:
     assert widths == [plen] + sorted(slens, reverse=True)
     ref = np.stack([_plain_logp(lm, r, None) for r in reqs])
     np.testing.assert_allclose(np.log(out.probs), ref, atol=2e-5, rtol=0)
-    with pytest.warns(UserWarning, match="sliding window"):
-        _check(lm, "all")
+    for position in ("all", "last"):
+        with pytest.warns(UserWarning, match="sliding window"):
+            _check(lm, position)
