@@ -226,3 +226,27 @@ def test_fit_many_equals_fit_one_by_one(
         assert a.info["alpha"] == b.info["alpha"] and a.info["heads"] == b.info["heads"]
         assert a.info["validation_errors"] == pytest.approx(b.info["validation_errors"], abs=1e-9)
         assert torch.allclose(a.steering, b.steering) and a.system_prompt == b.system_prompt
+
+
+def test_fit_many_few_shot_all_positions(papi: Dataset, tiny_lm: LoadedModel, cache: Path) -> None:
+    """pas+few-shot at all positions: the batched alpha search (every person's few-shot
+    prefix per steering row, all persons of a fold in one readout) equals one person at a
+    time. 15 shown items keep the few-shot prefixes short enough for ``all`` here."""
+    tiny = small(papi, 3)
+    tiny.inventory.shown_ids = tiny.inventory.shown_ids[:15]
+    tiny.inventory.__post_init__()
+    persons = tiny.persons[:3]
+    # large alphas: the tiny random model's answers move only under strong steering
+    opts = {"alpha_grid": [0.0, 100.0, 1000.0], "k": 3, "steer_position": "all"}
+    config = MethodConfig("agreement", 0, opts)
+    many = get_method("pas+few-shot", config).fit_many(tiny_lm, tiny, persons)
+    one = get_method("pas+few-shot", MethodConfig("agreement", 0, dict(opts)))
+    for p, a in zip(persons, many):
+        b = one.fit(tiny_lm, tiny, p)
+        assert a.info["steer_position"] == "all"
+        assert a.info["alpha"] == b.info["alpha"] and a.info["heads"] == b.info["heads"]
+        assert a.info["validation_errors"] == pytest.approx(b.info["validation_errors"], abs=1e-9)
+        assert torch.allclose(a.steering, b.steering) and a.system_prompt == b.system_prompt
+    # the few-shot prompts differ per person, and not every alpha scores the same
+    assert len({a.system_prompt for a in many}) == len(persons)
+    assert any(len(set(a.info["validation_errors"].values())) > 1 for a in many)

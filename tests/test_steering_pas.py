@@ -147,6 +147,19 @@ def test_select_alpha_sees_only_shown_items_and_finds_best() -> None:
     assert seen2 == seen
 
 
+def test_default_folds_are_the_methods() -> None:
+    """select_alpha/fit_pas default to the folds the pas methods use (3), as documented."""
+    from palign.methods.pas import PAS
+
+    acts, answers, _ = person_data(n_items=30)
+    seen: list[list[int]] = []
+    select_alpha(acts, answers, _score_fn_factory(answers, 2.0, seen), w_o_list(), K=2)
+    assert len(seen) == 3 == PAS().folds
+    seen.clear()
+    fit_pas(acts, answers, w_o_list(), score_fn=_score_fn_factory(answers, 2.0, seen), K=2)
+    assert len(seen) == 3
+
+
 def test_select_alpha_refits_without_held_out(monkeypatch: pytest.MonkeyPatch) -> None:
     acts, answers, _ = person_data(n_items=30)
     fitted_with: list[np.ndarray] = []

@@ -30,6 +30,7 @@ from palign.models.loading import LoadedModel
 from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
 from palign.steering.pas import (
     DEFAULT_ALPHAS,
+    DEFAULT_FOLDS,
     DEFAULT_HEAD_RANK,
     DEFAULT_K,
     DEFAULT_PROBE_SPLIT,
@@ -40,7 +41,6 @@ from palign.steering.pas import (
     oracle_alpha,
 )
 
-DEFAULT_FOLDS = 3
 SELECTIONS = ("tuned", "heldout", "fixed", "oracle")
 #: default alpha selection: the model's rule tuned on development persons where palign ships
 #: one (:mod:`palign.methods.alpha_rules`), else the held-out search over the shown items
@@ -304,7 +304,7 @@ class PAS(Method):
             res.alpha_selection, res.validation_errors = "tuned", errors
             return res
         if self.selection in ("heldout", "tuned") and self.selection_readout == "generate":
-            # unparsed answers are handled as in the metric: see select_alpha_many
+            # the same rule as select_alpha (unparsed = error 4), all folds in one readout each
             ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person])
             res = fit_pas(
                 self.acts,
@@ -362,6 +362,7 @@ class PAS(Method):
         from palign.models.readout import ReadRequest
         from palign.steering.pas import (
             _answers_tensor,
+            _errors,
             fit_person,
             fold_assignment,
             layer_vectors_grid,
@@ -406,13 +407,11 @@ class PAS(Method):
                 spans.append((total, count, a[held], start, len(statements)))
             out = self._read(lm, reqs, torch.stack(rows))
             for total, count, truth, start, n in spans:
-                pred = torch.as_tensor(out.answers[start : start + n_a * n].reshape(n_a, n))
-                # as in the metric: unparsed answers (generate readout) are left out of the
-                # mean; an alpha with no parsed answer is never chosen
-                parsed = (pred >= 1) & (pred <= 5)
-                err = (pred.double() - truth.unsqueeze(0).double()).abs()
-                total += torch.where(parsed, err, torch.zeros_like(err)).sum(dim=1)
-                count += parsed.sum(dim=1)
+                pred = out.answers[start : start + n_a * n].reshape(n_a, n)
+                # as in select_alpha: an unparsed answer (generate readout) counts as the
+                # maximal error 4, so an alpha cannot win on the few items it still parses
+                total += _errors(pred, truth.double(), n_a).sum(dim=1)
+                count += n
         result = []
         for *_, total, count in state:
             errors = {

@@ -41,6 +41,7 @@ from palign.steering.probes import fit_probes_full, mass_mean_directions, rank_h
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "DEFAULT_FOLDS",
     "DEFAULT_HEAD_RANK",
     "DEFAULT_K",
     "HEAD_RANKS",
@@ -74,8 +75,11 @@ PROBE_SPLITS: tuple[str, ...] = ("items", "samples")
 #: palign's probe split: 60/40 over items (the A and E samples of an item on one side).
 #: ``"samples"`` is the original code's: 60/40 over the samples (``np.random.choice``).
 DEFAULT_PROBE_SPLIT = "items"
-#: The error of an unparsed/out-of-range prediction (the largest possible on 1..5).
+#: The error of an unparsed/out-of-range prediction (the largest possible on 1..5), in every
+#: alpha selection (held-out and oracle), so an alpha cannot win on the few items it parses.
 UNPARSED_ERROR = 4.0
+#: Folds of the held-out alpha selection (the ``pas`` methods' ``folds`` default).
+DEFAULT_FOLDS = 3
 
 WoSource = ArchSpec | Callable[[int], torch.Tensor] | Sequence[torch.Tensor]
 """Where ``W_o`` of a layer comes from: an :class:`ArchSpec`, ``layer -> (hidden, H*d)``, or a
@@ -427,7 +431,7 @@ def select_alpha(
     w_o: WoSource,
     *,
     grid: Sequence[float] = DEFAULT_ALPHAS,
-    k_folds: int = 5,
+    k_folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
@@ -451,7 +455,7 @@ def select_alpha(
             (n_alpha, len(held_out))`` predicted answers.
         w_o: ``W_o`` source (:data:`WoSource`).
         grid: candidate alphas.
-        k_folds: folds (clipped to the number of answered items).
+        k_folds: folds (default 3; clipped to the number of answered items).
         seed: seed of the folds and of the probe splits.
         K: heads to keep.
         item_ids: optional ids of the shown items (fold assignment by id, see
@@ -502,7 +506,9 @@ def oracle_alpha(
 
     This peeks at the answers being predicted; results obtained this way are an upper bound,
     not an honest evaluation. ``score_fn(u_by_alpha, test_indices)`` gets positions into
-    ``test_answers``; missing test answers are skipped.
+    ``test_answers``; missing test answers are skipped. The error is the MAE pooled over the
+    test items, an unparsed prediction counting as the maximal error 4 (as in
+    :func:`select_alpha`; the original code left unparsed answers out of per-trait means).
 
     Returns:
         ``(alpha, {alpha: mean absolute error on the test items})``.
@@ -551,7 +557,7 @@ def fit_pas(
     alpha: float | None = None,
     score_fn: ScoreFn | None = None,
     grid: Sequence[float] = DEFAULT_ALPHAS,
-    k_folds: int = 5,
+    k_folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     K: int = DEFAULT_K,
     item_ids: Sequence[str] | None = None,
