@@ -493,13 +493,13 @@ def test_chat_runs_while_a_fit_runs(
         )
         t.start()
         assert started.wait(30)
-        assert httpx.get(f"{url}/personalities/eve").json()["status"] == "aligning"
-        assert httpx.post(f"{url}/personalities", json=body).status_code == 409  # in progress
         c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=15)
         try:
             r = c.chat.completions.create(
                 model="tiny:alice", messages=msgs("Hi"), max_tokens=4, temperature=0
             )
+            assert httpx.get(f"{url}/personalities/eve").json()["status"] == "aligning"
+            assert httpx.post(f"{url}/personalities", json=body).status_code == 409  # in progress
         finally:
             release.set()
         assert r.choices[0].finish_reason == "length"  # answered before the fit could end
