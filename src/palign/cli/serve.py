@@ -99,8 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="OpenAI-compatible server: one base model, many personalities",
         description="Serve the base model and PAS personalities over an OpenAI-compatible API "
-        "(/v1/models, /v1/chat/completions, /v1/completions, /v1/personalities). A personality "
-        "is the model '<base>:<name>'. See docs/serving.md.",
+        "(/v1/models, /v1/chat/completions, /v1/completions, /v1/personalities) with vLLM's "
+        "sampling extras and its /tokenize, /detokenize, /version and /metrics routes. A "
+        "personality is the model '<base>:<name>'. See docs/serving.md.",
     )
     add_model_args(p)
     p.add_argument(
@@ -118,7 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
     p.add_argument(
-        "--max-queue", type=int, default=256, help="waiting sequences before 503 (default 256)"
+        "--max-queue",
+        type=int,
+        default=256,
+        help="waiting sequences before 503 (default 256); requests with more sequences than "
+        "--max-batch + --max-queue get 400",
     )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (413)")
     p.add_argument(
