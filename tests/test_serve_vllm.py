@@ -179,7 +179,26 @@ def test_continue_final_message_and_generation_prompt(
             model="tiny", messages=conv, extra_body={"continue_final_message": True}
         )
     assert e.value.body["param"] == "continue_final_message"
-    # add_generation_prompt false: the template without the assistant opening (/tokenize)
+    with pytest.raises(openai.BadRequestError) as e:  # and an assistant message last
+        client.chat.completions.create(
+            model="tiny",
+            messages=conv[:1],
+            extra_body={"continue_final_message": True, "add_generation_prompt": False},
+        )
+    assert "assistant message last" in e.value.body["message"]
+    # add_generation_prompt false: the template without the assistant opening
+    text = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=False)
+    ids = tok(text, add_special_tokens=False).input_ids
+    want = generate(tiny_lm, ids, _u(tiny_lm, adapter), max_new_tokens=6)
+    r = client.chat.completions.create(
+        model="tiny:alice",
+        messages=conv[:1],
+        max_tokens=6,
+        temperature=0,
+        extra_body={"add_generation_prompt": False},
+    )
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == tok.decode(want, skip_special_tokens=True)
     url = server[1].removesuffix("/v1")
     got = httpx.post(
         f"{url}/tokenize",
@@ -205,6 +224,17 @@ def test_unknown_fields_are_refused(client: openai.OpenAI, server) -> None:  # t
             model="tiny", messages=msgs("x"), max_tokens=2, extra_body={"min_tokens": 5}
         )
     assert e.value.body["param"] == "min_tokens"
+    for bad in ({"top_k": -2}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"min_tokens": -1}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", prompt="x", max_tokens=2, extra_body=bad)
+        assert e.value.body["param"] == next(iter(bad))
+
+
+def test_adapter_folder_named_like_the_base_is_refused(tiny_lm: LoadedModel, adapter: Path) -> None:
+    from palign.errors import PalignError
+
+    with pytest.raises(PalignError, match="named like the base model"):
+        create_app(tiny_lm, [adapter], ServeConfig(served_model_name="alice"))
 
 
 # --- eos, stop strings, usage and logprobs --------------------------------------------------
