@@ -78,7 +78,7 @@ class TokenInfo:
 
 @dataclass
 class Completion:
-    """A finished sequence."""
+    """A finished sequence (``token_ids``: every generated token, an eos included, as vLLM)."""
 
     index: int
     text: str
