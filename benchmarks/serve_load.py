@@ -45,6 +45,8 @@ PROMPTS = (
     "What makes a good friend?",
 )
 
+P99_MIN = 100  # latencies needed before a p99 is reported
+
 
 def make_adapters(lm: Any, root: Path, m: int, seed: int = 0) -> list[str]:
     """``m`` PAS adapters fitted on random activations (shape-correct for ``lm``)."""
@@ -149,9 +151,14 @@ def run_cell(
         "tok_per_s": round(sum(toks) / wall, 2),
         "tokens": int(sum(toks)),
         "p50_s": round(float(np.percentile(lat, 50)), 3) if lat else None,
-        "p99_s": round(float(np.percentile(lat, 99)), 3) if lat else None,
+        # a 99th percentile of fewer than 100 latencies is just the maximum: not reported
+        "p99_s": round(float(np.percentile(lat, 99)), 3) if len(lat) >= P99_MIN else None,
         "max_batch_rows": engine.stats["max_rows"],
     }
+
+
+def _p99(cell: dict[str, Any]) -> str:
+    return "-" if cell["p99_s"] is None else f"{cell['p99_s']:.2f}s"
 
 
 def main() -> int:
@@ -229,7 +236,7 @@ def main() -> int:
                     print(
                         f"clients {c:>3} personalities {m:>3}: {cell['req_per_s']:7.2f} req/s "
                         f"{cell['tok_per_s']:8.1f} tok/s p50 {cell['p50_s']:.2f}s p99 "
-                        f"{cell['p99_s']:.2f}s batch<={cell['max_batch_rows']:>3} "
+                        f"{_p99(cell)} batch<={cell['max_batch_rows']:>3} "
                         f"lost {cell['lost']} mixed {cell['mixed_up']}",
                         flush=True,
                     )

@@ -151,3 +151,154 @@ def test_export_smollm2_parity(tmp_path: Path) -> None:
     adapter = make_adapter(lm, tmp_path / "adapter", alpha=4.0)
     export_adapter(adapter, tmp_path / "model", model=lm)
     assert check_parity(lm, adapter, tmp_path / "model") < 1e-3
+
+
+def test_export_refuses_a_last_position_adapter(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """An adapter fitted at "last" is not an o_proj bias: refused unless acknowledged."""
+    adapter = make_adapter(tiny_lm, tmp_path / "adapter")
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["extra"]["steer_position"] = "last"
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PalignError, match="last position"):
+        export_adapter(adapter, tmp_path / "model", model=tiny_lm)
+    assert not (tmp_path / "model").exists()
+    del cfg["extra"]["steer_position"]  # legacy adapters were fitted at "last" too
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(PalignError, match="--steer-position all"):
+        export_adapter(adapter, tmp_path / "model", model=tiny_lm)
+    rec = export_adapter(adapter, tmp_path / "model", model=tiny_lm, steer_position="all")
+    saved = json.loads((tmp_path / "model" / EXPORT_RECORD).read_text())
+    assert saved["fitted_steer_position"] == "last" and saved["steer_position_acknowledged"]
+    assert rec["steer_position"] == "all"
+    check_parity(tiny_lm, adapter, tmp_path / "model")
+
+
+def test_export_answers_like_palign_serve(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """A chat without a system message: the served personality and the export in plain
+    transformers (its own tokenizer and chat template) give the same prompt and greedy text."""
+    import openai
+
+    from palign.serve import create_app
+    from palign.serve.app import ServeConfig
+    from palign.serve.testing import serve_in_thread
+
+    adapter = make_adapter(tiny_lm, tmp_path / "alice")
+    cfg_path = adapter / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["extra"]["system_prompt"] = 'You are Alice: "careful", curious.\nAnswer as yourself.'
+    cfg_path.write_text(json.dumps(cfg))
+    export_adapter(adapter, tmp_path / "model", model=tiny_lm)
+    tok = tf.AutoTokenizer.from_pretrained(tmp_path / "model")
+    model = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    chats = [
+        [{"role": "user", "content": "How do you spend a free evening?"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}],
+    ]
+    app = create_app(tiny_lm, [adapter], ServeConfig(served_model_name="tiny", threads=1))
+    with serve_in_thread(app) as url:
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=60)
+        for conv in chats:
+            ids = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+            ids = tok(ids, add_special_tokens=False).input_ids
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12,
+                                     do_sample=False, eos_token_id=None,
+                                     pad_token_id=tok.pad_token_id)  # fmt: skip
+            want = tok.decode(out[0, len(ids) :], skip_special_tokens=True)
+            r = c.chat.completions.create(
+                model="tiny:alice", messages=conv, max_tokens=12, temperature=0
+            )
+            assert r.usage.prompt_tokens == len(ids)
+            assert r.choices[0].message.content == want
+    assert "careful" in tok.decode(
+        tok(
+            tok.apply_chat_template(chats[0], add_generation_prompt=True, tokenize=False),
+            add_special_tokens=False,
+        ).input_ids
+    )
+
+
+def test_export_refuses_architectures_vllm_drops_the_bias_of(
+    tiny_lm: LoadedModel, tmp_path: Path
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = tf.Qwen3Config(
+            vocab_size=len(tiny_lm.tokenizer), hidden_size=32, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            max_position_embeddings=512, pad_token_id=tiny_lm.tokenizer.pad_token_id,
+        )  # fmt: skip
+        model = tf.Qwen3ForCausalLM(cfg).eval()
+    lm = LoadedModel(model, tiny_lm.tokenizer, "tiny-qwen3", "tiny-qwen3", None,
+                     torch.device("cpu"), torch.float32)  # fmt: skip
+    adapter = make_adapter(lm, tmp_path / "adapter")
+    with pytest.raises(PalignError, match="vllm/model_executor/models/qwen3.py"):
+        export_adapter(adapter, tmp_path / "model", model=lm)
+    assert not (tmp_path / "model").exists()
+
+
+def test_export_dtype_and_v4_keys(tiny_lm: LoadedModel, tmp_path: Path) -> None:
+    """Default dtype: the base model's own (here a bfloat16 folder), not float32; config and
+    tokenizer config carry the keys transformers 4.x reads."""
+    import copy
+
+    from palign.models.loading import load_model
+    from palign.serve.export import native_dtype
+
+    folder = tmp_path / "base-bf16"
+    copy.deepcopy(tiny_lm.model).to(torch.bfloat16).save_pretrained(folder)
+    tiny_lm.tokenizer.save_pretrained(folder)
+    lm32 = load_model(str(folder), dtype="float32")
+    adapter = make_adapter(lm32, tmp_path / "adapter")
+    out = tmp_path / "model"
+    assert main(["export", "--adapter", str(adapter), "--out", str(out), "--model",
+                 str(folder), "--format", "json"]) == 0  # fmt: skip
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["torch_dtype"] == "bfloat16" and cfg["rope_theta"] == 10000.0
+    assert json.loads((out / EXPORT_RECORD).read_text())["dtype"] == "bfloat16"
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert tc["tokenizer_class"] == "PreTrainedTokenizerFast" and "chat_template" in tc
+    assert main(["export", "--adapter", str(adapter), "--out", str(out), "--model",
+                 str(folder), "--dtype", "float32"]) == 0  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
+    # a quantised GGUF (the embedded SmolLM2 is Q4_1) has no original dtype: bfloat16
+    dt, why = native_dtype("smollm2")
+    assert dt == torch.bfloat16 and "quantised" in why
+
+
+def test_system_prompt_template_matches_chat_ids(tiny_lm: LoadedModel) -> None:
+    """Templates with and without a system role: the exported template renders a chat without
+    a system message exactly as palign serve builds it (:func:`palign.chat.chat_ids`)."""
+    import copy
+
+    from palign.serve.export import _sys_template
+
+    no_sys = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('no system role') }}{% endif %}"
+        "<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    system = "Be 'Alice' \\ \"quoted\"\nalways."
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+            {"role": "user", "content": "More"}]  # fmt: skip
+    for tmpl in (tiny_lm.tokenizer.chat_template, no_sys):
+        tok = copy.deepcopy(tiny_lm.tokenizer)
+        tok.chat_template = tmpl
+        lm = LoadedModel(tiny_lm.model, tok, "t", "t", None, torch.device("cpu"), torch.float32)
+        want = chat_ids(lm, [{"role": "system", "content": system}] + conv)
+        tok2 = copy.deepcopy(tok)
+        tok2.chat_template = _sys_template(tok, system)
+        text = tok2.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        assert tok2(text, add_special_tokens=False).input_ids == want
+        if tmpl != no_sys:  # a chat with its own system message is left alone
+            own = [{"role": "system", "content": "Other."}] + conv
+            got = tok2.apply_chat_template(own, tokenize=False)
+            assert got == tok.apply_chat_template(own, tokenize=False)

@@ -443,7 +443,11 @@ def test_personality_from_answers(
             timeout=120,
         )
         assert r.status_code == 201, r.text
-        assert r.json()["palign"]["person"] == "answers-file"
+        # the given name and the position it was fitted at (PAS: all), not legacy "last"
+        assert r.json()["palign"]["person"] == "eve"
+        assert r.json()["palign"]["steer_position"] == "all"
+        assert app.state.palign.registry.get("eve").position == "all"
+        assert httpx.get(f"{url}/personalities/eve").json()["status"] == "ready"
         c = openai.OpenAI(base_url=url, api_key="none", max_retries=0)
         assert "tiny:eve" in [m.id for m in c.models.list().data]
         r = httpx.post(f"{url}/personalities", json={"name": "z", "answers": {"1": 9}})
@@ -457,6 +461,52 @@ def test_personality_from_answers(
     ref = load_adapter(tmp_path / "cli")
     assert served.fit.heads == ref.fit.heads and served.alpha == ref.alpha
     torch.testing.assert_close(served.u_unit, ref.u_unit)
+    assert served.config["extra"]["steer_position"] == ref.config["extra"]["steer_position"]
+
+
+def test_chat_runs_while_a_fit_runs(
+    tiny_lm: LoadedModel, adapters_dir: Path, papi_dir: Path, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Aligning uploaded answers does not pause generation: a chat completes meanwhile."""
+    import palign.serve.align as align_mod
+
+    monkeypatch.setenv("PALIGN_CACHE", str(tmp_path / "cache"))
+    real = align_mod.align_answers
+    started, release = threading.Event(), threading.Event()
+
+    def slow_align(*a, **kw):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(60)  # the fit is "running" until the chat below has its answer
+        return real(*a, **kw)
+
+    monkeypatch.setattr(align_mod, "align_answers", slow_align)
+    answers = {str(i): (i * 7 % 5) + 1 for i in range(1, 41)}
+    cfg = ServeConfig(served_model_name="tiny", data=papi_dir, threads=1)
+    app = create_app(tiny_lm, [adapters_dir / "alice"], cfg)
+    with serve_in_thread(app) as url:
+        res: dict[str, httpx.Response] = {}
+        body = {"name": "eve", "answers": answers, "options": {"alpha_grid": [0, 2], "k": 4}}
+        t = threading.Thread(
+            target=lambda: res.__setitem__(
+                "fit", httpx.post(f"{url}/personalities", json=body, timeout=120)
+            )
+        )
+        t.start()
+        assert started.wait(30)
+        c = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=15)
+        try:
+            r = c.chat.completions.create(
+                model="tiny:alice", messages=msgs("Hi"), max_tokens=4, temperature=0
+            )
+            assert httpx.get(f"{url}/personalities/eve").json()["status"] == "aligning"
+            assert httpx.post(f"{url}/personalities", json=body).status_code == 409  # in progress
+        finally:
+            release.set()
+        assert r.choices[0].finish_reason == "length"  # answered before the fit could end
+        t.join(120)
+        assert res["fit"].status_code == 201, res["fit"].text
+        assert httpx.get(f"{url}/personalities/eve").json()["status"] == "ready"
+        assert httpx.get(f"{url}/personalities/nobody").status_code == 404
 
 
 def make_lora(lm: LoadedModel, folder: Path, seed: int = 5) -> torch.nn.Module:

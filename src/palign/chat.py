@@ -23,24 +23,43 @@ from palign.steering.intervene import steer
 Message = dict[str, str]
 
 
-def chat_ids(lm: LoadedModel, messages: Sequence[Message]) -> list[int]:
-    """Token ids of a conversation with the generation prompt (chat template or plain)."""
+def chat_ids(
+    lm: LoadedModel,
+    messages: Sequence[Message],
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> list[int]:
+    """Token ids of a conversation (chat template or plain).
+
+    Args:
+        lm: the model (its tokenizer's chat template, or ``Role: text`` turns without one).
+        messages: the conversation.
+        add_generation_prompt: end with the assistant turn's opening (default).
+        continue_final_message: leave the last (assistant) message open, to be continued.
+    """
     tok = lm.tokenizer
+    kw = {
+        "add_generation_prompt": add_generation_prompt,
+        "continue_final_message": continue_final_message,
+    }
     if getattr(tok, "chat_template", None):
         try:
-            text = tok.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
+            text = tok.apply_chat_template(list(messages), tokenize=False, **kw)
         except Exception:  # templates without a system role: merge it into the first user turn
             msgs = [dict(m) for m in messages]
             if msgs and msgs[0]["role"] == "system":
                 sys_msg = msgs.pop(0)["content"]
                 if msgs:
                     msgs[0]["content"] = f"{sys_msg}\n\n{msgs[0]['content']}"
-            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            text = tok.apply_chat_template(msgs, tokenize=False, **kw)
         return list(tok(text, add_special_tokens=False).input_ids)
     parts = [f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages]
-    return list(tok("".join(parts) + "Assistant: ").input_ids)
+    if continue_final_message and parts:
+        parts[-1] = parts[-1][:-2]
+    elif add_generation_prompt:
+        parts.append("Assistant: ")
+    return list(tok("".join(parts)).input_ids)
 
 
 def adapter_position(adapter: PASAdapter) -> str:

@@ -76,6 +76,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         force=args.force,
         verify=not args.no_verify,
+        steer_position=args.steer_position,
     )
     v = rec.get("verification")
     check = (
@@ -86,7 +87,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     )
     human = (
         f"exported person {rec['person']} (alpha {rec['alpha']:g}) of {rec['base_model']['id']} "
-        f"-> {rec['out']} ({rec['exported_model_type']}, o_proj bias)\n{check}\n"
+        f"-> {rec['out']} ({rec['exported_model_type']}, o_proj bias, {rec['dtype']})\n{check}\n"
         f"serve it with any HF-folder server, e.g.: vllm serve {rec['out']}"
     )
     emit(args, rec, human)
@@ -98,8 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="OpenAI-compatible server: one base model, many personalities",
         description="Serve the base model and PAS personalities over an OpenAI-compatible API "
-        "(/v1/models, /v1/chat/completions, /v1/completions, /v1/personalities). A personality "
-        "is the model '<base>:<name>'. See docs/serving.md.",
+        "(/v1/models, /v1/chat/completions, /v1/completions, /v1/personalities) with vLLM's "
+        "sampling extras and its /tokenize, /detokenize, /version and /metrics routes. A "
+        "personality is the model '<base>:<name>'. See docs/serving.md.",
     )
     add_model_args(p)
     p.add_argument(
@@ -117,7 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-batch", type=int, default=32, help="sequences decoded together")
     p.add_argument(
-        "--max-queue", type=int, default=256, help="waiting sequences before 503 (default 256)"
+        "--max-queue",
+        type=int,
+        default=256,
+        help="waiting sequences before 503 (default 256); requests with more sequences than "
+        "--max-batch + --max-queue get 400",
     )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (413)")
     p.add_argument(
@@ -151,7 +157,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="base model (default: the one recorded)")
     p.add_argument("--alpha", type=float, default=None, help="strength (default: fitted alpha)")
     p.add_argument("--device", default="cpu", help="where to load the base model (default cpu)")
-    p.add_argument("--dtype", default="auto", help="auto (fp32 on CPU), float32, bfloat16...")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        help="weights dtype of the export (default auto: the base model's own; bfloat16 for a "
+        "quantised GGUF)",
+    )
+    p.add_argument(
+        "--steer-position",
+        default=None,
+        choices=("all",),
+        help="export an adapter fitted at the last position anyway, steering all positions "
+        "(an o_proj bias cannot steer the last one only); recorded in palign_export.json",
+    )
     p.add_argument("--force", action="store_true", help="accept another base id/revision")
     p.add_argument("--no-verify", action="store_true", help="skip the logit comparison")
     fmt_arg(p)

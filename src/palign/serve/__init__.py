@@ -1,8 +1,12 @@
 """``palign serve``: an OpenAI-compatible server, one base model, many personalities.
 
 - :mod:`palign.serve.engine`: the batching generation loop with per-row PAS steering;
+- :mod:`palign.serve.sampling`: next-token choice in vLLM's order (top_k, min_p, penalties);
 - :mod:`palign.serve.registry`: the served personalities (``<base>:<person>``);
-- :mod:`palign.serve.app`: the FastAPI app (:func:`create_app`);
+- :mod:`palign.serve.app`: the FastAPI app (:func:`create_app`), with
+  :mod:`~palign.serve.personalities` (run-time personalities), :mod:`~palign.serve.extras`
+  (``/version``, ``/tokenize``, ``/detokenize``, ``/metrics``), :mod:`~palign.serve.metrics`
+  (Prometheus) and :mod:`~palign.serve.guard` (API key, body size);
 - :mod:`palign.serve.testing`: :func:`serve_in_thread` (a real server for tests);
 - :mod:`palign.serve.export`: one person baked into a plain Hugging Face model folder.
 

@@ -30,6 +30,7 @@ def align_answers(
     options: Mapping[str, Any] | None = None,
     data: str | Path | None = None,
     method: str = "pas",
+    person: str = "answers-file",
 ) -> Path:
     """Fit a PAS adapter for ``answers`` (item id -> 1..5) on ``lm`` and save it in ``out``.
 
@@ -44,6 +45,7 @@ def align_answers(
         options: PAS options (``k``, ``alpha_grid``, ``folds``...), as ``palign align``.
         data: PAPI data folder.
         method: ``"pas"`` or ``"pas+few-shot"``.
+        person: the person's name recorded in the adapter (the personality name).
 
     Raises:
         PalignError: bad answers, missing item file, or a failed fit.
@@ -71,18 +73,21 @@ def align_answers(
         parsed = read_answers_file(path, base_inv)
     if len(parsed) < 4:
         raise PalignError("give at least 4 answers to align a person (PAS needs contrast)")
-    inv, person = person_from_answers(base_inv, parsed)
-    ds = Dataset(inv, [person], source="answers upload")
-    m = get_method(method, MethodConfig(sem, seed, dict(options or {})))
+    inv, who = person_from_answers(base_inv, parsed)
+    ds = Dataset(inv, [who], source="answers upload")
+    opts = dict(options or {})
+    opts.setdefault("steer_position", "all")  # as palign align
+    m = get_method(method, MethodConfig(sem, seed, opts))
     t = time.perf_counter()
     m.setup(lm, ds)
-    res = m.fit_result(lm, ds, person)
+    res = m.fit_result(lm, ds, who)
     extra = {
         "method": method,
         "model_spec": lm.spec,
-        "system_prompt": m.system_prompt(ds, person),
+        "system_prompt": m.system_prompt(ds, who),
         "alpha_grid": m.grid,
         "folds": m.folds,
+        "steer_position": m.position,  # else the registry would read it as legacy "last"
         "shown_items": ds.inventory.shown_ids,
         "seconds": round(time.perf_counter() - t, 2),
         "source": "palign serve POST /v1/personalities",
@@ -95,6 +100,6 @@ def align_answers(
         revision=lm.revision,
         inventory=ds.inventory.name,
         semantics=sem,
-        person="answers-file",
+        person=person,
         extra=extra,
     )

@@ -7,16 +7,15 @@
 ...     client.chat.completions.create(model="smollm2:alice", messages=[...])
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``POST /v1/personalities``, ``DELETE /v1/personalities/{name}``, ``GET /health``.
+``POST /v1/personalities``, ``GET|DELETE /v1/personalities/{name}``
+(:mod:`palign.serve.personalities`), ``GET /health``, and vLLM's ``GET /version``,
+``POST /tokenize``, ``POST /detokenize``, ``GET /metrics`` (:mod:`palign.serve.extras`).
 Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hmac
 import json
 import shutil
 import tempfile
@@ -31,23 +30,32 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from palign.chat import chat_ids
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel, load_model
-from palign.serve.engine import Completion, Engine, Event, Overloaded, SamplingParams, TokenInfo
-from palign.serve.lora import LORA_WEIGHTS
+from palign.serve.engine import (
+    Completion,
+    Engine,
+    Event,
+    Overloaded,
+    SamplingParams,
+    TokenInfo,
+    TooLarge,
+)
+from palign.serve.extras import register_extra_routes
+from palign.serve.guard import Guard
+from palign.serve.metrics import ServeMetrics
+from palign.serve.personalities import register_personality_routes
 from palign.serve.protocol import (
     APIError,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
-    PersonalityRequest,
     error_body,
 )
-from palign.serve.registry import Personality, Registry, adapter_kind
-from palign.steering.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from palign.serve.registry import Personality, Registry
 
 __all__ = ["PalignServer", "ServeConfig", "create_app"]
 
@@ -61,7 +69,8 @@ class ServeConfig:
             the folder name for a path); personalities are ``<name>:<person>``.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <key>``.
         max_batch: most sequences decoded together.
-        max_queue: most sequences waiting for a slot; beyond that requests get 503.
+        max_queue: most sequences waiting for a slot; beyond that requests get 503 (a
+            request with more sequences than ``max_batch + max_queue`` gets 400: it never fits).
         max_body_bytes: larger request bodies get 413.
         default_max_tokens: chat ``max_tokens`` when the request gives none.
         upload_dir: where uploaded/aligned adapters are stored (default: a temporary folder
@@ -104,6 +113,7 @@ class PalignServer:
         self.engine = Engine(
             lm, max_batch=config.max_batch, max_queue=config.max_queue, threads=config.threads
         )
+        self.metrics = ServeMetrics(self.engine, self.registry)
         self._own_upload = config.upload_dir is None
         self.upload_dir = Path(
             config.upload_dir or tempfile.mkdtemp(prefix="palign-serve-")
@@ -136,7 +146,7 @@ class PalignServer:
         return p
 
     def model_card(self, p: Personality | None) -> dict[str, Any]:
-        """One entry of ``GET /v1/models``."""
+        """One entry of ``GET /v1/models`` (with vLLM's ``max_model_len``)."""
         if p is None:
             return {
                 "id": self.base,
@@ -145,6 +155,7 @@ class PalignServer:
                 "owned_by": "palign",
                 "root": self.lm.model_id,
                 "parent": None,
+                "max_model_len": self.engine.max_context,
             }
         return {
             "id": f"{self.base}:{p.name}",
@@ -153,8 +164,31 @@ class PalignServer:
             "owned_by": "palign",
             "root": self.lm.model_id,
             "parent": self.base,
+            "max_model_len": self.engine.max_context,
             "palign": p.info(),
         }
+
+    def chat_prompt(
+        self,
+        p: Personality | None,
+        messages: Sequence[ChatMessage],
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Prompt ids of a chat for personality ``p`` (its system prompt when none is given)."""
+        msgs = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in messages
+        ]
+        if p is not None and p.system_prompt and (not msgs or msgs[0]["role"] != "system"):
+            msgs.insert(0, {"role": "system", "content": p.system_prompt})
+        return chat_ids(
+            self.lm,
+            msgs,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+        )
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -185,13 +219,20 @@ def _chat_logprobs(tokens: Sequence[TokenInfo] | None) -> dict[str, Any] | None:
     }
 
 
+def _top_with_chosen(t: TokenInfo) -> dict[str, float]:
+    """The top alternatives plus the chosen token (up to k + 1 entries, as OpenAI/vLLM)."""
+    top = {s: lp for _, s, lp in t.top}
+    if t.logprob is not None:
+        top.setdefault(t.text, t.logprob)
+    return top
+
+
 def _text_logprobs(tokens: Sequence[TokenInfo], k: int, base_offset: int = 0) -> dict[str, Any]:
     return {
         "tokens": [t.text for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
         "top_logprobs": [
-            ({s: lp for _, s, lp in t.top} if (k and t.logprob is not None) else None)
-            for t in tokens
+            (_top_with_chosen(t) if (k and t.logprob is not None) else None) for t in tokens
         ],
         "text_offset": [base_offset + t.offset for t in tokens],
     }
@@ -206,6 +247,11 @@ def _params(
         top_p=1.0 if req.top_p is None else float(req.top_p),
         stop=tuple(req.stop_list()),
         seed=req.seed,
+        top_k=max(0, req.top_k or 0),
+        min_p=req.min_p or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos,
         **kw,
     )
 
@@ -229,6 +275,8 @@ class _Run:
             raise APIError(
                 503, f"server overloaded: {e}", type="server_error", code="overloaded"
             ) from None
+        except TooLarge as e:
+            raise APIError(400, str(e), param="n", code="too_many_sequences") from None
         except PalignError as e:
             code = "context_length_exceeded" if "context" in str(e) else None
             raise APIError(400, str(e), param="messages", code=code) from None
@@ -268,59 +316,6 @@ def _usage(prompt_tokens: int, comps: Sequence[Completion]) -> dict[str, int]:
     }
 
 
-class _Guard:
-    """ASGI middleware: bearer key on ``/v1`` (401) and the request size limit (413/411)."""
-
-    def __init__(self, app: Any, config: ServeConfig) -> None:
-        self.app = app
-        self.config = config
-
-    def _refusal(self, scope: dict[str, Any]) -> JSONResponse | None:
-        config = self.config
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if config.api_key and scope["path"].startswith("/v1"):
-            auth = headers.get("authorization", "")
-            if not hmac.compare_digest(auth.encode(), f"Bearer {config.api_key}".encode()):
-                return JSONResponse(
-                    error_body(
-                        "missing or wrong API key; send Authorization: Bearer <key>",
-                        "authentication_error",
-                        code="invalid_api_key",
-                    ),
-                    status_code=401,
-                )
-        if scope["method"] in ("POST", "PUT", "PATCH"):
-            length = headers.get("content-length")
-            if length is None:
-                if headers.get("transfer-encoding"):
-                    return JSONResponse(
-                        error_body(
-                            "send a Content-Length header (no chunked bodies)",
-                            "invalid_request_error",
-                        ),
-                        status_code=411,
-                    )
-            elif not length.isdigit() or int(length) > config.max_body_bytes:
-                return JSONResponse(
-                    error_body(
-                        f"request body of {length} bytes exceeds the limit of "
-                        f"{config.max_body_bytes} bytes; send less (or raise --max-body-mb)",
-                        "invalid_request_error",
-                        code="payload_too_large",
-                    ),
-                    status_code=413,
-                )
-        return None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            refusal = self._refusal(scope)
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 # --- the app ---------------------------------------------------------------------------------
 def create_app(
     model: LoadedModel | str = "smollm2",
@@ -352,7 +347,12 @@ def create_app(
     )
     server = PalignServer(lm, config)
     for path in adapters:
-        server.registry.load_dir(path)
+        for p in server.registry.load_dir(path):
+            if p.name == server.base:
+                raise PalignError(
+                    f"adapter folder {p.path} is named like the base model {server.base!r}; "
+                    "rename the folder (personalities are served as <base>:<folder name>)"
+                )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -378,8 +378,15 @@ def create_app(
         param = ".".join(loc) or None
         msg = str(first.get("msg", "invalid request"))
         text = f"{param}: {msg}" if param else msg
-        if first.get("type") == "json_invalid":
-            text = "the request body is not valid JSON"
+        if first.get("type") == "extra_forbidden":
+            text = (
+                f"{param}: unknown or unsupported field; palign serve does not implement it "
+                "(omit it; docs/serving.md lists the supported fields)"
+            )
+        elif first.get("type") == "json_invalid":
+            why = str((first.get("ctx") or {}).get("error") or "").strip()
+            text = "the request body is not valid JSON" + (f": {why}" if why else "")
+            param = None
         return JSONResponse(
             error_body(text, "invalid_request_error", param, "invalid_value"), status_code=400
         )
@@ -397,7 +404,7 @@ def create_app(
         )
 
     # --- guard: api key and body size (plain ASGI: keeps disconnect detection intact) ------
-    app.add_middleware(_Guard, config=config)
+    app.add_middleware(Guard, config=config)
 
     # --- routes ----------------------------------------------------------------------------
     @app.get("/health")
@@ -439,13 +446,12 @@ def create_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         body.unsupported()
         p = server.resolve(body.model)
-        msgs = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in body.messages
-        ]
-        if p is not None and p.system_prompt and msgs[0]["role"] != "system":
-            msgs.insert(0, {"role": "system", "content": p.system_prompt})
-        ids = chat_ids(server.lm, msgs)
+        ids = server.chat_prompt(
+            p,
+            body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+        )
         room = server.engine.max_context - len(ids)
         max_tokens = body.max_completion_tokens or body.max_tokens
         if max_tokens is None:
@@ -455,6 +461,8 @@ def create_app(
         )
         run = _Run(server)
         run.submit([ids], params, n=body.n, stream=body.stream, **_steering(body, p))
+        pname = p.name if p is not None else None
+        server.metrics.request("chat", pname)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(
@@ -491,6 +499,7 @@ def create_app(
                                 error_body(f"generation failed: {ev.message}", "server_error")
                             )
                             break
+                    server.metrics.tokens(pname, len(ids), _usage(0, comps)["total_tokens"])
                     if include_usage:
                         yield _sse(
                             {
@@ -509,6 +518,7 @@ def create_app(
             return StreamingResponse(events(), media_type="text/event-stream")
 
         comps = await run.collect(request)
+        server.metrics.tokens(pname, len(ids), _usage(0, comps)["total_tokens"])
         return {
             "id": rid,
             "object": "chat.completion",
@@ -557,6 +567,8 @@ def create_app(
         )
         run = _Run(server)
         run.submit(prompts, params, n=body.n, stream=body.stream, **_steering(body, p))
+        pname = p.name if p is not None else None
+        server.metrics.request("completions", pname)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         n = body.n
         prompt_texts = [tok.decode(q) for q in prompts]
@@ -615,6 +627,7 @@ def create_app(
                                 error_body(f"generation failed: {ev.message}", "server_error")
                             )
                             break
+                    server.metrics.tokens(pname, n_prompt, _usage(0, comps)["total_tokens"])
                     if include_usage:
                         yield _sse(
                             {
@@ -633,6 +646,7 @@ def create_app(
             return StreamingResponse(events(), media_type="text/event-stream")
 
         comps = await run.collect(request)
+        server.metrics.tokens(pname, n_prompt, _usage(0, comps)["total_tokens"])
         return {
             "id": rid,
             "object": "text_completion",
@@ -642,97 +656,6 @@ def create_app(
             "usage": _usage(n_prompt, comps),
         }
 
-    # --- personalities -----------------------------------------------------------------------
-    @app.post("/v1/personalities", status_code=201)
-    async def add_personality(body: PersonalityRequest) -> Any:
-        if (body.files is None) == (body.answers is None):
-            raise APIError(
-                400, "give exactly one of files (a PAS adapter) or answers", param="files"
-            )
-        if server.registry.get(body.name) is not None and not body.replace:
-            raise APIError(
-                409,
-                f"personality {body.name!r} exists; DELETE it first or send replace: true",
-                param="name",
-                code="exists",
-            )
-        final = server.upload_dir / body.name
-        staging = Path(tempfile.mkdtemp(prefix=f".{body.name}.", dir=server.upload_dir))
-        try:
-            if body.files is not None:
-                names = set(body.files)
-                pas_files = {ADAPTER_CONFIG, ADAPTER_WEIGHTS}
-                lora_files = {ADAPTER_CONFIG, LORA_WEIGHTS}
-                if names != pas_files and names - {"palign_train.json"} != lora_files:
-                    raise APIError(
-                        400,
-                        f"files must be {sorted(pas_files)} (a PAS adapter) or "
-                        f"{sorted(lora_files)} [+ palign_train.json] (a PEFT LoRA adapter), as "
-                        f"base64; got {sorted(names)}",
-                        param="files",
-                    )
-                for fname, b64 in body.files.items():
-                    try:
-                        data = base64.b64decode(b64, validate=True)
-                    except (binascii.Error, ValueError):
-                        raise APIError(
-                            400, f"files[{fname!r}] is not valid base64", param="files"
-                        ) from None
-                    (staging / fname).write_bytes(data)
-                kind = adapter_kind(staging)
-                if (kind == "peft") != (LORA_WEIGHTS in names):
-                    raise APIError(
-                        400,
-                        "adapter_config.json does not match the weights file (a PAS config "
-                        "goes with adapter.safetensors, a PEFT config with "
-                        "adapter_model.safetensors)",
-                        param="files",
-                    )
-                await run_in_threadpool(server.registry.check, staging)
-            else:
-                from palign.serve.align import align_answers
-
-                def fit() -> None:
-                    with server.engine.model_lock:  # generation pauses while aligning
-                        align_answers(
-                            server.lm,
-                            body.answers or {},
-                            staging,
-                            inventory=body.inventory,
-                            semantics=body.semantics,
-                            seed=body.seed,
-                            options=body.options,
-                            data=server.config.data,
-                        )
-
-                await run_in_threadpool(fit)
-            if final.exists():
-                shutil.rmtree(final)
-            staging.rename(final)
-            p = server.registry.load(final, body.name, replace=True)
-        except PalignError as e:
-            raise APIError(400, str(e), param="files" if body.files else "answers") from None
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        return server.model_card(p)
-
-    @app.delete("/v1/personalities/{name}")
-    async def delete_personality(name: str) -> Any:
-        if name.startswith(server.base + ":"):
-            name = name[len(server.base) + 1 :]
-        p = server.registry.get(name)
-        if p is None or not server.registry.remove(name):
-            raise APIError(
-                404,
-                f"no personality {name!r}; GET /v1/models lists them",
-                type="not_found_error",
-                param="name",
-                code="model_not_found",
-            )
-        path = p.path
-        if path is not None and Path(path).resolve().parent == server.upload_dir:
-            shutil.rmtree(path, ignore_errors=True)
-        return {"id": f"{server.base}:{name}", "object": "model", "deleted": True}
-
+    register_personality_routes(app, server)
+    register_extra_routes(app, server)
     return app

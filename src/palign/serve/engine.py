@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from palign.errors import PalignError
 from palign.models.loading import LoadedModel
 from palign.serve.lora import lora_rows
+from palign.serve.sampling import SamplingParams, choose
 from palign.steering.arch import resolve_arch
 from palign.steering.intervene import steer
 
@@ -52,6 +53,7 @@ __all__ = [
     "Overloaded",
     "SamplingParams",
     "TokenInfo",
+    "TooLarge",
 ]
 
 
@@ -59,29 +61,8 @@ class Overloaded(Exception):
     """The engine's queue is full (the server answers 503)."""
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How one sequence is generated.
-
-    Attributes:
-        max_tokens: most generated tokens (0: score the prompt only, with prompt_logprobs).
-        temperature: 0 = greedy; else logits / temperature are sampled.
-        top_p: nucleus sampling mass (1 = off).
-        stop: strings that end the text (not included in it).
-        seed: seed of this sequence's generator (None: a random seed).
-        logprobs: return the log-probability of each generated token.
-        top_logprobs: how many alternatives per position (with logprobs).
-        prompt_logprobs: also the log-probability of each prompt token (echo scoring).
-    """
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    prompt_logprobs: bool = False
+class TooLarge(PalignError):
+    """A request with more sequences than the engine can ever hold (the server answers 400)."""
 
 
 @dataclass
@@ -97,7 +78,7 @@ class TokenInfo:
 
 @dataclass
 class Completion:
-    """A finished sequence."""
+    """A finished sequence (``token_ids``: every generated token, an eos included, as vLLM)."""
 
     index: int
     text: str
@@ -197,11 +178,11 @@ class _Seq:
         self.finished = True
         if self.cancelled:
             return
+        # every generated token keeps its entry (the eos token and the token that completed a
+        # stop string included), as vLLM: streaming and non-streaming agree
         keep = self.infos
-        if reason == "stop" and self.infos:
-            keep = [t for t in self.infos if t.offset < len(self.text)] or self.infos[:1]
         if self.stream:
-            rest = [t for t in self.unsent_infos if t in keep] if self.unsent_infos else []
+            rest = self.unsent_infos
             delta = self.text[self.sent :]
             if delta or rest:
                 self._emit(Event("delta", self.index, text=delta, tokens=rest or None))
@@ -235,35 +216,35 @@ class _Seq:
         return TokenInfo(token_id, dec(token_id), float(logp[token_id]), top, offset)
 
     def choose(self, logits: torch.Tensor) -> int:
-        """The next token from this row's (CPU, float32) logits."""
+        """The next token from this row's (CPU, float32) logits (:func:`sampling.choose`)."""
         p = self.params
-        if p.temperature <= 1e-5:
-            return int(torch.argmax(logits))
-        scaled = logits / p.temperature
-        if p.top_p < 1.0:
-            vals, idx = torch.sort(scaled, descending=True)
-            probs = torch.softmax(vals, -1)
-            drop = (torch.cumsum(probs, -1) - probs) > p.top_p
-            vals = vals.masked_fill(drop, float("-inf"))
-            scaled = torch.full_like(scaled, float("-inf")).scatter(0, idx, vals)
-        probs = torch.softmax(scaled, -1)
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        plain = p.repetition_penalty == 1.0 and not p.min_tokens
+        return choose(
+            logits,
+            p,
+            self.generator,
+            context=() if plain else self.prompt_ids + self.out_ids,
+            n_out=len(self.out_ids),
+            eos_ids=self.engine.eos_ids,
+        )
 
     def advance(self, token_id: int, logp: torch.Tensor | None) -> None:
         """Append ``token_id`` (or end on eos / stop string / length)."""
         eng = self.engine
-        if token_id in eng.eos_ids:
-            self.finish("stop")
-            return
+        eos = token_id in eng.eos_ids and not self.params.ignore_eos
         prev = len(self.text)
-        self.out_ids.append(token_id)
-        self.text = eng.tokenizer.decode(self.out_ids, skip_special_tokens=True)
+        self.out_ids.append(token_id)  # the eos token counts too (usage, logprobs), as vLLM
+        if not eos:
+            self.text = eng.tokenizer.decode(self.out_ids, skip_special_tokens=True)
         self.next_pos += 1
         if self.params.logprobs and logp is not None:
             t = self.info(token_id, logp, prev)
             self.infos.append(t)
             self.unsent_infos.append(t)
-        if self.params.stop:
+        if eos:
+            self.finish("stop")
+            return
+        if self.params.stop and len(self.out_ids) > self.params.min_tokens:
             start = max(0, prev - max(len(s) for s in self.params.stop))
             hits = [i for i in (self.text.find(s, start) for s in self.params.stop) if i >= 0]
             if hits:
@@ -339,6 +320,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._token_text: dict[int, str] = {}
+        #: called with the row count of every decoding step (metrics), from the engine thread
+        self.step_observer: Callable[[int], None] | None = None
         params = inspect.signature(lm.model.forward).parameters
         #: transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` before)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -417,7 +400,8 @@ class Engine:
             handles to pass to :meth:`cancel`.
 
         Raises:
-            Overloaded: the queue cannot take them all (nothing is queued then).
+            Overloaded: the queue cannot take them all now (nothing is queued then).
+            TooLarge: more sequences than ``max_batch + max_queue``: they never fit.
             PalignError: a prompt is empty or too long, or ``u`` has the wrong shape.
         """
         if position not in ("all", "last"):
@@ -430,6 +414,13 @@ class Engine:
                     f"({self.arch.n_layers}, {self.arch.hidden})"
                 )
             u = u.to(self.lm.device) if bool(u.any()) else None
+        total = len(prompts) * n
+        if total > self.max_batch + self.max_queue:
+            raise TooLarge(
+                f"{len(prompts)} prompt(s) x n={n} = {total} sequences exceed this server's "
+                f"limit of {self.max_batch + self.max_queue} (--max-batch {self.max_batch} + "
+                f"--max-queue {self.max_queue}); send fewer prompts or a smaller n"
+            )
         seqs = []
         for i, ids in enumerate(prompts):
             if not ids:
@@ -673,3 +664,5 @@ class Engine:
         self._logits = out.logits[:, -1].float()
         self.stats["rows"] += len(rows)
         self.stats["max_rows"] = max(self.stats["max_rows"], len(rows))
+        if self.step_observer is not None:
+            self.step_observer(len(rows))

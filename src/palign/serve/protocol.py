@@ -1,11 +1,15 @@
 """Request and response shapes of the OpenAI-compatible API, and the OpenAI error shape.
 
-Only the fields palign implements are modelled; unknown fields are ignored (as the OpenAI
-API does for forward compatibility), fields palign cannot honour (``tools``, non-zero
-penalties, ``logit_bias``, ``best_of`` > n) are rejected with a 400 naming the field.
-Two palign fields may be given as extra body fields (``extra_body=`` in the ``openai``
-client): ``alpha`` (steering strength, default: the adapter's fitted alpha) and
-``steer_position`` (``"all"``, default, or ``"last"``).
+Only the fields palign implements are modelled; any other field is refused with a 400 naming
+it (never silently ignored: a client that asks for a sampling option gets it or an error).
+Fields palign models but cannot honour (``tools``, non-zero presence/frequency penalties,
+``logit_bias``, ``best_of`` > n) are refused with a 400 naming the field too.
+
+Extra body fields (``extra_body=`` in the ``openai`` client): vLLM's sampling extras
+``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos`` (both routes),
+``add_generation_prompt`` and ``continue_final_message`` (chat), with vLLM's meaning; and
+palign's ``alpha`` (steering strength, default: the adapter's fitted alpha) and
+``steer_position`` (``"all"`` or ``"last"``; default: the adapter's recorded one).
 """
 
 from __future__ import annotations
@@ -72,6 +76,12 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class _Strict(BaseModel):
+    """A request body: unknown fields are refused (400 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ChatMessage(_Base):
     """One chat message; ``content`` as a string or a list of ``{"type": "text"}`` parts."""
 
@@ -97,7 +107,7 @@ class ChatMessage(_Base):
         return "".join(out)
 
 
-class _Sampling(_Base):
+class _Sampling(_Strict):
     """Fields shared by chat and text completions."""
 
     model: str
@@ -112,6 +122,16 @@ class _Sampling(_Base):
     frequency_penalty: float | None = 0.0
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # accepted and without effect: palign stores nothing, has one service tier and no tools
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    # vLLM's sampling extras
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
     # palign extras
     alpha: float | None = None
     steer_position: Literal["all", "last"] | None = None
@@ -141,6 +161,17 @@ class _Sampling(_Base):
             )
         if self.alpha is not None and not (-1e4 < self.alpha < 1e4):
             raise APIError(400, "alpha must be a finite number of moderate size", param="alpha")
+        if self.stream_options is not None and not self.stream:
+            raise APIError(
+                400, "stream_options is only allowed with stream: true", param="stream_options"
+            )
+        mt = getattr(self, "max_completion_tokens", None) or getattr(self, "max_tokens", None)
+        if mt is not None and self.min_tokens > mt:
+            raise APIError(
+                400,
+                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({mt})",
+                param="min_tokens",
+            )
 
 
 class ChatCompletionRequest(_Sampling):
@@ -152,7 +183,12 @@ class ChatCompletionRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list[Any] | None = None
+    tool_choice: Literal["none", "auto"] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    # vLLM's chat extras
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
 
     def unsupported(self) -> None:  # noqa: D102
         super().unsupported()
@@ -164,6 +200,19 @@ class ChatCompletionRequest(_Sampling):
             )
         if self.top_logprobs and not self.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise APIError(
+                    400,
+                    "continue_final_message needs add_generation_prompt: false (as vLLM)",
+                    param="continue_final_message",
+                )
+            if self.messages[-1].role != "assistant":
+                raise APIError(
+                    400,
+                    "continue_final_message needs an assistant message last",
+                    param="continue_final_message",
+                )
 
 
 class CompletionRequest(_Sampling):
@@ -190,7 +239,7 @@ class CompletionRequest(_Sampling):
             )
 
 
-class PersonalityRequest(_Base):
+class PersonalityRequest(_Strict):
     """``POST /v1/personalities``: register an adapter (files as base64) or align answers.
 
     Exactly one of ``files`` (``{"adapter_config.json": b64, "adapter.safetensors": b64}``,

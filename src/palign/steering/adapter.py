@@ -202,8 +202,8 @@ def save_adapter(
 
 def _bad(folder: Path, why: str) -> PalignError:
     return PalignError(
-        f"{folder} is not a usable palign PAS adapter: {why}; fit one again with palign "
-        "(e.g. 'palign fit pas ... --out DIR')"
+        f"{folder} is not a usable palign PAS adapter: {why}; fit one again with "
+        "'palign align ... --out DIR'"
     )
 
 
@@ -245,7 +245,7 @@ def load_adapter(
     if not folder.is_dir():
         raise PalignError(
             f"adapter folder {folder} does not exist; give the folder written by "
-            "'palign fit pas --out DIR'"
+            "'palign align ... --out DIR'"
         )
     cfg_path, w_path = folder / ADAPTER_CONFIG, folder / ADAPTER_WEIGHTS
     for p in (cfg_path, w_path):
