@@ -427,7 +427,12 @@ def markdown(d: dict[str, Any]) -> str:
                 f"| {name} | {r['mean_sum']:.3f} | {r['ci95']:.2f} | {r['nonzero']}/{r['n']} | "
                 f"{r['wins']} / {r['losses']} |"
             )
-        out += ["", f"Chosen on the development persons: **{d['chosen']['name']}**.", ""]
+        out += [
+            "",
+            f"Chosen on the development persons: **{d['chosen']['name']}** (a candidate: see "
+            "[alpha-selection.md](alpha-selection.md) for its result on the reported persons).",
+            "",
+        ]
     if d["curves"]["reported"]:
         out += ["## Reported persons: the rules applied unchanged", ""]
         out += ["| rule | mean | ± 95% | non-zero alpha | better / worse than alpha 0 |"]

@@ -5,8 +5,9 @@
         --name qwen2.5-coder-1.5b-papi-10      # after ./dev setup --models qwen2.5-coder-1.5b
 
 Methods are entries ``method[@position][:selection]``: ``pas@all`` is PAS with the paper's
-all-position steering, ``pas@last`` the last-position variant, ``pas@all:heldout`` the
-all-position variant with the held-out alpha search instead of the default. Writes docs/results/<name>.md/.json and PNG
+all-position steering, ``pas@last`` the last-position variant, ``pas@all:tuned`` the
+all-position variant with a rule tuned on development persons (``tuned``) instead of the
+default held-out search. Writes docs/results/<name>.md/.json and PNG
 plots; runs go to runs/<name>/<entry> and are reused (finished persons are not recomputed).
 ``--report-only`` writes the page from what is finished so far (unfinished entries listed).
 """
@@ -41,10 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--alpha-selection",
-        default="tuned",
-        choices=("tuned", "heldout", "oracle", "fixed"),
+        default="heldout",
+        choices=("heldout", "tuned", "oracle", "fixed"),
         help="PAS alpha selection of every PAS entry without its own ':selection' suffix "
-        "(default tuned: the model's rule tuned on development persons, else held-out)",
+        "(default heldout; tuned: the model's rule tuned on development persons)",
     )
     ap.add_argument(
         "--report-only",

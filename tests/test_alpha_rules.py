@@ -185,9 +185,9 @@ def test_tuned_rule_in_the_method(
     ds = small(papi, 4)
     dev = ds.persons[199]
     monkeypatch.setenv(RULES_ENV, str(_rules_file(tmp_path / "r.json", "tiny", [dev.id])))
-    opts = {"k": 4, "alpha_grid": [0.0, 2.0]}
+    opts = {"k": 4, "alpha_grid": [0.0, 2.0], "alpha_selection": "tuned"}
+    assert get_method("pas").selection == "heldout"  # the default until a rule is confirmed
     m = get_method("pas", MethodConfig("agreement", 0, dict(opts)))
-    assert m.selection == "tuned"  # the default
     p = ds.persons[0]
     a = m.fit(tiny_lm, ds, p)
     assert a.info["alpha"] == 2.0 and a.info["alpha_selection"] == "tuned"
@@ -222,7 +222,7 @@ def test_tuned_rule_floor_reads_the_heldout_search(
     ds = small(papi, 4)
     f = _rules_file(tmp_path / "r.json", "tiny", ["x"], kind="heldout-floor", floor=1.0)
     monkeypatch.setenv(RULES_ENV, str(f))
-    opts = {"k": 4, "alpha_grid": [0.0, 1.0, 4.0]}
+    opts = {"k": 4, "alpha_grid": [0.0, 1.0, 4.0], "alpha_selection": "tuned"}
     m = get_method("pas", MethodConfig("agreement", 0, dict(opts)))
     p = ds.persons[0]
     info = m.fit(tiny_lm, ds, p).info
@@ -247,7 +247,8 @@ def test_tuned_rule_same_in_eval_align_and_serve(
     model = str(tiny_folder)
     rules = _rules_file(tmp_path / "r.json", model, [ds.persons[199].id], alpha=3.0)
     monkeypatch.setenv(RULES_ENV, str(rules))
-    common = ["--model", model, "--data", str(papi_dir), "--k", "4", "--format", "json"]
+    common = ["--model", model, "--data", str(papi_dir), "--k", "4", "--alpha-selection", "tuned",
+              "--format", "json"]  # fmt: skip
     assert main(["eval", "--method", "pas", "--person", p.id, "--max-items", "5", "--quiet",
                  "--out", str(tmp_path / "run"), *common]) == 0  # fmt: skip
     rec = json.loads(capsys.readouterr().out)["persons"][0]["info"]
@@ -259,7 +260,7 @@ def test_tuned_rule_same_in_eval_align_and_serve(
     assert ad.alpha == 3.0 and [list(h) for h in ad.fit.heads] == rec["heads"]
     answers = p.answers(ds.inventory, "agreement", ds.inventory.shown_ids)
     served = align_answers(load_model(model), answers, tmp_path / "srv", data=str(papi_dir),
-                           options={"k": 4})  # fmt: skip
+                           options={"k": 4, "alpha_selection": "tuned"})  # fmt: skip
     sa = load_adapter(served)
     assert sa.alpha == 3.0 and torch.allclose(sa.u, ad.u)
     # the development person is refused by eval, with the fix named
@@ -280,7 +281,7 @@ def test_tuned_rule_same_on_ray_workers(
     monkeypatch.setenv(RULES_ENV, str(rules))
     common = ["eval", "--method", "pas", "--persons", "2", "--person-batch", "1", "--model",
               str(model), "--data", str(papi_dir), "--max-items", "4", "--k", "4", "--quiet",
-              "--format", "json"]  # fmt: skip
+              "--alpha-selection", "tuned", "--format", "json"]  # fmt: skip
     try:
         assert main([*common, "--out", str(tmp_path / "ray"), "--workers", "1"]) == 0
         res_ray = json.loads(capsys.readouterr().out)
@@ -336,7 +337,7 @@ def test_stable_rule_steers_only_stable_persons(
         tmp_path / "r.json", "tiny", ["x"], kind="stable-fixed", alpha=2.0, min_cosine=min_cosine
     )
     monkeypatch.setenv(RULES_ENV, str(f))
-    m = get_method("pas", MethodConfig("agreement", 0, {"k": 4}))
+    m = get_method("pas", MethodConfig("agreement", 0, {"k": 4, "alpha_selection": "tuned"}))
     a = m.fit(tiny_lm, ds, ds.persons[0])
     assert a.info["alpha"] == (2.0 if steered else 0.0)
     assert -1.0 <= a.info["fold_stability"] <= 1.0

@@ -82,11 +82,11 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--alpha-selection",
         default=None,
-        choices=("tuned", "heldout", "oracle", "fixed"),
-        help="tuned (default: the model's rule tuned on development persons, PAPI test-set "
-        "positions 200-299, where palign ships one, else heldout), heldout (k-fold over the "
-        "person's shown items), fixed (--alpha), or oracle (chosen on the TEST items, as the "
-        "original code did; labelled in every output)",
+        choices=("heldout", "tuned", "oracle", "fixed"),
+        help="heldout (default: k-fold over the person's shown items), tuned (the model's rule "
+        "tuned on development persons, PAPI test-set positions 200-299, from "
+        "$PALIGN_ALPHA_RULES or the shipped file; else heldout), fixed (--alpha), or oracle "
+        "(chosen on the TEST items, as the original code did; labelled in every output)",
     )
     g.add_argument(
         "--allow-dev-persons",

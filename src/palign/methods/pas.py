@@ -42,9 +42,10 @@ from palign.steering.pas import (
 )
 
 SELECTIONS = ("tuned", "heldout", "fixed", "oracle")
-#: default alpha selection: the model's rule tuned on development persons where palign ships
-#: one (:mod:`palign.methods.alpha_rules`), else the held-out search over the shown items
-DEFAULT_SELECTION = "tuned"
+#: default alpha selection: the held-out search over the person's shown items. ``tuned`` (a
+#: rule tuned on development persons, :mod:`palign.methods.alpha_rules`) becomes the default
+#: once a rule is confirmed on the reported persons; none is yet (docs/results/alpha-selection.md)
+DEFAULT_SELECTION = "heldout"
 
 
 def contrastive_prompts(lm: LoadedModel, dataset: Dataset, system_prompt: str | None) -> list[str]:
@@ -124,9 +125,9 @@ class PAS(Method):
     """PAS with the neutral system prompt.
 
     Options (``MethodConfig.options``): ``k`` (heads, default 24), ``alpha_grid`` (default
-    0,1,2,4,6,8), ``alpha_selection`` (tuned | heldout | fixed | oracle: tuned, the default, is
-    the model's rule tuned on development persons, falling back to heldout where palign has
-    none), ``alpha`` (for fixed), ``allow_dev_persons`` (evaluate the development persons a
+    0,1,2,4,6,8), ``alpha_selection`` (heldout | tuned | fixed | oracle: heldout, the default, is
+    the k-fold search over the shown items; tuned is the model's rule tuned on development
+    persons, falling back to heldout where there is none), ``alpha`` (for fixed), ``allow_dev_persons`` (evaluate the development persons a
     tuned rule was tuned on, labelled as such),
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
