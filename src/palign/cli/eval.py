@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from palign.cli.common import (
@@ -133,13 +132,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
         device=args.device,
         dtype=args.dtype,
     )
-    if not quiet:
-        print(
-            f"palign demo: aligning {cfg.model} to "
-            f"{'person ' + cfg.person if cfg.person else 'the first PAPI test person'} with PAS "
-            f"({'all' if cfg.max_items is None else cfg.max_items} test items)",
-            file=sys.stderr,
-        )
     res = run_demo(cfg, progress=not quiet, log=None if not quiet else (lambda s: None))
     emit(args, res, render_text(res))
 

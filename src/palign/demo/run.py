@@ -214,6 +214,10 @@ def run_demo(
     out = Path(cfg.out)
     base = out / _slug(cfg.model)
 
+    say(
+        f"palign demo: aligning {cfg.model} to person {person.id} with PAS, "
+        f"{len(items)} of {len(inv.test_ids)} test items"
+    )
     profile = person_profile(ds, person, sem)
     profile["png"] = None
     png = write_profile_png(profile, base / f"{person.id}-profile.png")
