@@ -51,6 +51,7 @@ def test_profile_against_hand_computation(papi_dir: Path, papi: Dataset) -> None
     for sem in ("agreement", "paper"):
         prof = person_profile(papi, papi.persons[0], sem)  # type: ignore[arg-type]
         assert prof["person"] == str(first["case"]) and prof["items"] == 120
+        assert prof["label"] == "Big Five" and prof["population"] == "PAPI test set"
         assert prof["population_persons"] == len(rows) == 300
         for t in "OCEAN":
             got = prof["traits"][t]
@@ -153,7 +154,14 @@ def _profile() -> dict:
         "percentile": 78.0,
     }
     n = {**t, "name": "Neuroticism", "score": 2.0, "percentile": 10.0}
-    return {"person": "p", "items": 120, "population_persons": 300, "traits": {"E": t, "N": n}}
+    return {
+        "person": "p",
+        "label": "Big Five",
+        "population": "PAPI test set",
+        "items": 120,
+        "population_persons": 300,
+        "traits": {"E": t, "N": n},
+    }
 
 
 def test_profile_chart_lines() -> None:
@@ -236,6 +244,14 @@ def test_demo_result_tiny_model(papi: Dataset, tiny_lm, tmp_path: Path, monkeypa
         assert title in text
     again = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=lambda s: None)
     assert again["words"] == d["words"] and again["answers"] == d["answers"]
+    # the finished run's steering vector is kept beside it; without it, the words refit PAS
+    kept = Path(d["header"]["runs"]["pas"]) / "demo_steering.safetensors"
+    kept.unlink()
+    said: list[str] = []
+    third = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=said.append)
+    assert third["words"] == d["words"] and kept.is_file()
+    assert any("refitting PAS" in s for s in said)
+    assert d["words"]["aligned"] != d["words"]["vanilla"]  # alpha 8 moves the tiny model
 
 
 @pytest.mark.slow

@@ -9,6 +9,9 @@ import numpy as np
 from palign.data.profile import percentile, population_scores, trait_scores
 from palign.data.types import Dataset, Person, Semantics
 
+LABELS = {"ipip-neo": ("Big Five", "PAPI test set"), "sd3": ("Short Dark Triad", "SD3 data set")}
+"""Inventory -> (what its traits are called, what its persons are) for the demo's texts."""
+
 
 def _r(v: float | None, nd: int = 3) -> float | None:
     return None if v is None or not np.isfinite(v) else round(float(v), nd)
@@ -21,7 +24,8 @@ def person_profile(
     and the person's percentile (:func:`palign.data.profile.percentile`) among all persons of
     ``dataset`` scored the same way.
 
-    Returns ``{"person", "items" (answered shown items), "population_persons", "traits":
+    Returns ``{"person", "inventory", "label" (e.g. "Big Five"), "population" (e.g. "PAPI
+    test set"), "items" (answered shown items), "population_persons", "traits":
     {letter: {"name", "score", "population_mean", "population_q25", "population_q75",
     "percentile"}}}``.
     """
@@ -41,8 +45,12 @@ def person_profile(
             "percentile": None if s is None else _r(percentile(pop[t], s), 1),
         }
     answered = sum(1 for i in inv.shown_ids if person.stored.get(i))
+    what, population = LABELS.get(inv.name, ("traits", "data set"))
     return {
         "person": person.id,
+        "inventory": inv.name,
+        "label": what,
+        "population": population,
         "items": answered,
         "population_persons": len(dataset.persons),
         "traits": traits,

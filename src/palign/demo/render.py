@@ -96,14 +96,14 @@ def write_profile_png(profile: dict[str, Any], path: str | Path) -> Path | None:
                 va="center",
                 fontsize=9,
             )
-    ax.plot([], [], color="#555555", lw=2, label="PAPI persons: 25-75% range, | = mean")
+    ax.plot([], [], color="#555555", lw=2, label="population: 25-75% range, | = mean")
     ax.set_yticks(list(ys), names)
     ax.set_xlim(1, 5.9)
     ax.set_xticks([1, 2, 3, 4, 5])
     ax.set_xlabel("trait score: mean answer in the trait's direction (1 = low, 5 = high)")
     ax.set_title(
-        f"Person {profile['person']}: Big Five from {profile['items']} shown answers, "
-        f"vs {profile['population_persons']} PAPI persons",
+        f"Person {profile['person']}: {profile['label']} from {profile['items']} shown answers, "
+        f"vs the {profile['population_persons']} persons of the {profile['population']}",
         fontsize=10,
     )
     ax.legend(loc="lower right", fontsize=8, frameon=False)
@@ -131,7 +131,7 @@ def render(result: dict[str, Any], compare_table: str) -> str:
     h, prof, ans, words = result["header"], result["profile"], result["answers"], result["words"]
     pas = result["pas"]
     lines = [
-        f"palign demo: {h['model']} aligned to PAPI person {h['person']} ({h['person_rule']})",
+        f"palign demo: {h['model']} aligned to person {h['person']} ({h['person_rule']})",
         f"  read {h['items_read']} of {h['items_total']} held-out test items; PAS steered at "
         f"{pas['steer_position']} positions, alpha {pas['alpha']} ({pas['alpha_how']}); "
         f"{h['seconds']:.0f} s",
@@ -139,11 +139,13 @@ def render(result: dict[str, Any], compare_table: str) -> str:
     if h.get("full_command"):
         lines.append(f"  full evaluation (all {h['items_total']} items): {h['full_command']}")
     lines.append(
-        _section(1, f"The person: {prof['person']}'s Big Five from {prof['items']} shown answers")
+        _section(
+            1, f"The person: {prof['person']}'s {prof['label']} from {prof['items']} shown answers"
+        )
     )
     lines.append(profile_chart(prof))
     lines.append(
-        f"population: the {prof['population_persons']} persons of the PAPI test set; "
+        f"population: the {prof['population_persons']} persons of the {prof['population']}; "
         "percentile = share of them below this person (ties half)"
     )
     if prof.get("png"):
@@ -162,7 +164,9 @@ def render(result: dict[str, Any], compare_table: str) -> str:
         f"of {ans['read']} items read they disagree on {ans['disagreeing']}: PAS closer to the "
         f"person on {ans['toward']}, farther on {ans['away']}, as far on {ans['same_distance']}"
     )
-    if len(ans["items"]) < 3:
+    if not ans["items"]:
+        lines.append("(nothing to show: vanilla and PAS give the same answer to every item read)")
+    elif len(ans["items"]) < 3:
         lines.append(f"(only {len(ans['items'])} disagreeing item(s) to show)")
     for d in ans["items"]:
         lines.append(f'\n  "{d["text"]}"  (item {d["item"]}, {d["trait_name"]})')
@@ -176,6 +180,13 @@ def render(result: dict[str, Any], compare_table: str) -> str:
     )
     lines.append("")
     lines.append(two_columns(words["vanilla"], words["aligned"], ("vanilla", "PAS (aligned)")))
+    if pas["alpha"] == 0:
+        lines.append(
+            "\nPAS chose alpha 0 for this person on this model: the aligned model is the base "
+            "model here, so the two agree everywhere."
+        )
+    elif words["vanilla"] == words["aligned"]:
+        lines.append("\n(the same text: at this alpha the shift does not change the greedy answer)")
     lines.append(_section(5, "What to do next"))
     lines.extend(f"  {c['what']}:\n    {c['command']}" for c in result["next"])
     return "\n".join(lines)

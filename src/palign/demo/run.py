@@ -25,7 +25,7 @@ from palign.errors import PalignError
 DEMO_QUESTION = "How do you spend a free evening?"
 """The open question both models answer in the demo's fourth part."""
 
-PERSON_RULE = "the default person: the first of the PAPI test set"
+PERSON_RULE = "the default person: the first of the data set (PAPI: of its test set)"
 """How the demo picks its person when none is given."""
 
 ALPHA_HOW = {
