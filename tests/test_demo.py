@@ -286,8 +286,19 @@ def test_demo_cli_smollm2_json(tmp_path: Path, papi_dir: Path, capsys) -> None:
     assert d["words"]["vanilla"] and d["words"]["aligned"]
 
 
-def test_demo_bad_person(papi_dir: Path, tmp_path: Path, capsys) -> None:
-    rc = main(["demo", "--person", "42", "--data", str(papi_dir), "--out", str(tmp_path / "o")])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--person", "42"], "unknown person '42'"),
+        (["--model", "/nonexistent/m.gguf", "--max-items", "2"], "/nonexistent/m.gguf"),
+        (["--max-items", "0", "--model", "smollm2"], "--max-items must be at least 1"),
+    ],
+)
+def test_demo_bad_input(papi_dir: Path, tmp_path: Path, capsys, extra, needle) -> None:
+    """A one-line error (after the progress lines), exit 2, no traceback, nothing written."""
+    rc = main(["demo", *extra, "--data", str(papi_dir), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and "unknown person '42'" in err
+    last = err.strip().splitlines()[-1]
+    assert rc == 2 and last.startswith("palign: error: ") and needle in last, err
+    assert err.count("palign: error") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()

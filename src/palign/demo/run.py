@@ -219,9 +219,6 @@ def run_demo(
         f"{len(items)} of {len(inv.test_ids)} test items"
     )
     profile = person_profile(ds, person, sem)
-    profile["png"] = None
-    png = write_profile_png(profile, base / f"{person.id}-profile.png")
-    profile["png"] = str(png) if png else None
 
     if lm is None:
         say(f"palign demo: loading {cfg.model}")
@@ -313,6 +310,10 @@ def run_demo(
         "greedy": True,
         "steer_position": position,
     }
+
+    # written last: a demo that fails (unknown model, ...) leaves no file behind
+    png = write_profile_png(profile, base / f"{person.id}-profile.png")
+    profile["png"] = str(png) if png else None
 
     data_flag = ["--data", cfg.data] if cfg.data else []
     full = None
