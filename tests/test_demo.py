@@ -292,6 +292,7 @@ def test_demo_cli_smollm2_json(tmp_path: Path, papi_dir: Path, capsys) -> None:
         (["--person", "42"], "unknown person '42'"),
         (["--model", "/nonexistent/m.gguf", "--max-items", "2"], "/nonexistent/m.gguf"),
         (["--max-items", "0", "--model", "smollm2"], "--max-items must be at least 1"),
+        (["--k", "0"], "--k must be at least 1"),  # before the model loads
     ],
 )
 def test_demo_bad_input(papi_dir: Path, tmp_path: Path, capsys, extra, needle) -> None:

@@ -197,7 +197,7 @@ def run_demo(
     from palign.demo.render import write_profile_png
     from palign.demo.select import select_disagreements
     from palign.eval.compare import compare_runs
-    from palign.eval.runs import RunConfig, run_eval, test_items
+    from palign.eval.runs import RunConfig, plan_run, run_eval, test_items
     from palign.methods import MethodConfig, get_method
     from palign.models.loading import load_model
 
@@ -220,14 +220,11 @@ def run_demo(
     )
     profile = person_profile(ds, person, sem)
 
-    if lm is None:
-        say(f"palign demo: loading {cfg.model}")
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    # every run configured and its folder checked before the model loads (bad options fail fast)
     methods = ["vanilla", *(["few-shot"] if cfg.few_shot else []), "pas"]
-    folders: dict[str, Path] = {}
     pas_opts = dict(cfg.pas_options)
     captured: dict[str, Any] = {}
-    pas_method = None
+    plans = []
     for name in methods:
         opts = pas_opts if name == "pas" else {}
         rc = RunConfig(
@@ -255,6 +252,14 @@ def run_demo(
 
             method.fit_many = capture  # type: ignore[method-assign]
         folder = run_folder(rc, out, person.id)
+        plan_run(rc, folder, dataset=ds, method=method)  # refuses a foreign folder now
+        plans.append((name, rc, method, folder))
+
+    if lm is None:
+        say(f"palign demo: loading {cfg.model}")
+        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    folders: dict[str, Path] = {}
+    for name, rc, method, folder in plans:
         say(f"palign demo: {name} on {len(items)} test items -> {folder}")
         run_eval(rc, folder, lm=lm, dataset=ds, method=method, progress=progress)
         folders[name] = folder
@@ -272,7 +277,6 @@ def run_demo(
         kept = _load_steering(spath)
         if kept is None:
             say("palign demo: refitting PAS for the words (no kept steering vector)")
-            assert pas_method is not None
             pas_method.setup(lm, ds)
             a = pas_method.fit(lm, ds, person)
             u, sys_prompt = a.steering, a.system_prompt
