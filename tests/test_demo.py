@@ -204,7 +204,8 @@ def _check_result(d: dict, person: str, items: int) -> None:
     assert all(isinstance(t["score"], float) for t in d["profile"]["traits"].values())
     assert Path(d["profile"]["png"]).is_file()
     names = [r["name"] for r in d["numbers"]["rows"]]
-    assert names[:2] == ["vanilla", "pas"] and "ridge" in names
+    assert names[: len(h["methods"])] == h["methods"] and h["methods"][-1] == "pas"
+    assert h["methods"][0] == "vanilla" and "ridge" in names
     assert isinstance(d["pas"]["alpha"], float) and d["pas"]["steer_position"] == "all"
     a = d["answers"]
     assert a["read"] == items and len(a["items"]) == min(3, a["disagreeing"])
@@ -232,24 +233,26 @@ def test_demo_result_tiny_model(papi: Dataset, tiny_lm, tmp_path: Path, monkeypa
         max_items=10,
         pas_options={"alpha_selection": "fixed", "alpha": 8.0, "k": 8},
         max_new_tokens=6,
+        few_shot=True,
     )
     d = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=lambda s: None)
     _check_result(d, "172481", 10)
+    assert d["header"]["methods"] == ["vanilla", "few-shot", "pas"]
     json.dumps(d)  # JSON-ready
-    for row in d["numbers"]["rows"][:2]:
+    for row in d["numbers"]["rows"][:3]:
         rep = load_results(row["folder"])["report"]
         assert row["traits"] == rep["traits"] and row["mean"] == rep["mean"]
     text = render_text(d)
     for title in ("1. The person", "2. The numbers", "3. The answers", "4. The words", "5. What"):
         assert title in text
-    again = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=lambda s: None)
-    assert again["words"] == d["words"] and again["answers"] == d["answers"]
-    # the finished run's steering vector is kept beside it; without it, the words refit PAS
+    # a second call resumes the finished runs; the run's steering vector is kept beside it,
+    # and without it the words refit PAS (the same vector: the same words)
     kept = Path(d["header"]["runs"]["pas"]) / "demo_steering.safetensors"
     kept.unlink()
     said: list[str] = []
-    third = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=said.append)
-    assert third["words"] == d["words"] and kept.is_file()
+    again = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=said.append)
+    assert again["words"] == d["words"] and again["answers"] == d["answers"] and kept.is_file()
+    assert again["numbers"]["rows"] == d["numbers"]["rows"]
     assert any("refitting PAS" in s for s in said)
     assert d["words"]["aligned"] != d["words"]["vanilla"]  # alpha 8 moves the tiny model
 

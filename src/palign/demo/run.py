@@ -263,7 +263,7 @@ def run_demo(
         say(f"palign demo: {name} on {len(items)} test items -> {folder}")
         run_eval(rc, folder, lm=lm, dataset=ds, method=method, progress=progress)
         folders[name] = folder
-    numbers = compare_runs([str(folders[m]) for m in methods], data=cfg.data)
+    numbers = compare_runs([str(folders[m]) for m in methods], dataset=ds)
 
     # the PAS vector of the run (kept beside it so a resumed demo needs no refit)
     pas_folder = folders["pas"]

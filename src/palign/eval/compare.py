@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from palign.data.types import Dataset
 from palign.errors import PalignError
 from palign.eval.report import format_table
 from palign.eval.runs import load_results
@@ -28,8 +29,10 @@ def compare_runs(
     folders: list[str | Path],
     data: str | None = None,
     references: tuple[str, ...] | list[str] = DEFAULT_REFERENCES,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
-    """Load runs and compute the reference predictors on the first run's persons."""
+    """Load runs and compute the reference predictors on the first run's persons (of
+    ``dataset`` when given, else of the data loaded from ``data`` or the first run's)."""
     from palign.data import load_dataset
     from palign.eval.baselines import predict
     from palign.eval.metrics import evaluate
@@ -68,7 +71,7 @@ def compare_runs(
     for f, r in zip(folders, runs):
         if r["config"].get("max_items") != max_items:
             raise PalignError(f"{f} scores a different item set (--max-items) than the first run")
-    ds = load_dataset(data or runs[0]["config"].get("data"), inv)
+    ds = dataset or load_dataset(data or runs[0]["config"].get("data"), inv)
     items = test_items(ds.inventory, max_items)
     scored = ds.select(ids=persons)
     for name in references:
