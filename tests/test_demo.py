@@ -243,6 +243,7 @@ def test_demo_result_tiny_model(papi: Dataset, tiny_lm, tmp_path: Path, monkeypa
         rep = load_results(row["folder"])["report"]
         assert row["traits"] == rep["traits"] and row["mean"] == rep["mean"]
     text = render_text(d)
+    assert "-> PAS is" in text and "mean error" in text
     for title in ("1. The person", "2. The numbers", "3. The answers", "4. The words", "5. What"):
         assert title in text
     # a second call resumes the finished runs; the run's steering vector is kept beside it,
@@ -284,7 +285,7 @@ def test_demo_cli_smollm2_json(tmp_path: Path, papi_dir: Path, capsys) -> None:
     assert main(argv) == 0
     d = json.loads(capsys.readouterr().out)
     _check_result(d, "156978", 5)
-    assert d["header"]["person_rule"] == "given with --person"
+    assert d["header"]["person_rule"] == "chosen with --person"
     assert d["config"]["pas_options"] == {"alpha_selection": "fixed", "alpha": 4.0}
     assert d["words"]["vanilla"] and d["words"]["aligned"]
 
@@ -306,3 +307,22 @@ def test_demo_bad_input(papi_dir: Path, tmp_path: Path, capsys, extra, needle) -
     assert rc == 2 and last.startswith("palign: error: ") and needle in last, err
     assert err.count("palign: error") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_verdict_line() -> None:
+    from palign.demo.render import _verdict
+
+    def rows(v: float, p: float) -> dict:
+        ref = {"name": "ridge", "kind": "reference", "mean": 0.1}
+        runs = [
+            {"name": "vanilla", "kind": "run", "mean": v},
+            {"name": "pas", "kind": "run", "mean": p},
+        ]
+        return {"rows": [*runs, ref]}
+
+    assert (
+        _verdict(rows(1.0, 0.5))
+        == "-> PAS is closer to the person than vanilla here: mean error 0.500 vs 1.000"
+    )
+    assert "farther from" in _verdict(rows(0.5, 1.0))  # type: ignore[operator]
+    assert "as close to" in _verdict(rows(0.5, 0.5))  # type: ignore[operator]

@@ -122,6 +122,17 @@ _MOVED = {
 }
 
 
+def _verdict(numbers: dict[str, Any]) -> str | None:
+    """One line: PAS's mean error against vanilla's on the items read."""
+    rows = {r["name"]: r for r in numbers["rows"] if r.get("kind") == "run"}
+    van, pas = rows.get("vanilla"), rows.get("pas")
+    if not van or not pas or van["mean"] is None or pas["mean"] is None:
+        return None
+    a, b = pas["mean"], van["mean"]
+    how = "closer to" if a < b else "farther from" if a > b else "as close to"
+    return f"-> PAS is {how} the person than vanilla here: mean error {a:.3f} vs {b:.3f}"
+
+
 def _section(n: int, title: str) -> str:
     return f"\n{n}. {title}\n" + "=" * (len(title) + 3)
 
@@ -132,9 +143,9 @@ def render(result: dict[str, Any], compare_table: str) -> str:
     pas = result["pas"]
     lines = [
         f"palign demo: {h['model']} aligned to person {h['person']} ({h['person_rule']})",
-        f"  read {h['items_read']} of {h['items_total']} held-out test items; PAS steered at "
-        f"{pas['steer_position']} positions, alpha {pas['alpha']} ({pas['alpha_how']}); "
-        f"{h['seconds']:.0f} s",
+        f"  read {h['items_read']} of the {h['items_total']} held-out test items; PAS steered "
+        f"at {pas['steer_position']} positions with alpha {pas['alpha']}, {pas['alpha_how']}; "
+        f"took {h['seconds']:.0f} s",
     ]
     if h.get("full_command"):
         lines.append(f"  full evaluation (all {h['items_total']} items): {h['full_command']}")
@@ -158,6 +169,14 @@ def render(result: dict[str, Any], compare_table: str) -> str:
         )
     )
     lines.append(compare_table)
+    lines.append(
+        "references need no language model: constant-3 always answers C; item-median, "
+        "facet-mean and ridge predict from the other persons' answers and this person's shown "
+        "answers (palign baselines)"
+    )
+    verdict = _verdict(result["numbers"])
+    if verdict:
+        lines.append(verdict)
     lines.append(_section(3, "The answers: held-out statements where vanilla and PAS disagree"))
     lines.append(f"rule: {ans['rule']}")
     lines.append(

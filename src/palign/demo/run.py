@@ -25,12 +25,12 @@ from palign.errors import PalignError
 DEMO_QUESTION = "How do you spend a free evening?"
 """The open question both models answer in the demo's fourth part."""
 
-PERSON_RULE = "the default person: the first of the data set (PAPI: of its test set)"
+PERSON_RULE = "the default: the first person of the data set"
 """How the demo picks its person when none is given."""
 
 ALPHA_HOW = {
     "heldout-kfold": "chosen by k-fold cross-validation on the person's shown answers",
-    "fixed": "fixed (--alpha)",
+    "fixed": "set with --alpha",
     "oracle": "ORACLE: chosen on the test items, not an honest evaluation",
 }
 
@@ -339,7 +339,7 @@ def run_demo(
         "model": cfg.model,
         "model_id": getattr(lm, "model_id", None),
         "person": person.id,
-        "person_rule": "given with --person" if cfg.person else PERSON_RULE,
+        "person_rule": "chosen with --person" if cfg.person else PERSON_RULE,
         "items_read": len(items),
         "items_total": len(inv.test_ids),
         "methods": methods,
