@@ -85,6 +85,8 @@ class AlignedModel:
             the prompt's last token and every new token). ``None`` = the adapter's recorded
             position (``"last"`` for adapters written before the position was recorded, as
             their alpha was chosen that way), else ``"all"``.
+        steering: raw steering vectors ``(n_layers, hidden)`` used when there is no adapter
+            (e.g. the vector of an evaluation run's PAS fit); ``alpha`` does not rescale them.
     """
 
     lm: LoadedModel
@@ -93,6 +95,7 @@ class AlignedModel:
     system_prompt: str | None = None
     history: list[Message] = field(default_factory=list)
     position: str | None = None
+    steering: torch.Tensor | None = None
 
     @property
     def steer_position(self) -> str:
@@ -144,7 +147,7 @@ class AlignedModel:
     def u(self, alpha: float | None = None) -> torch.Tensor | None:
         """Steering vectors at ``alpha`` (default: the override, else the fitted alpha)."""
         if self.adapter is None:
-            return None
+            return self.steering
         a = alpha if alpha is not None else self.alpha
         return self.adapter.u_at(a)
 
@@ -205,11 +208,11 @@ class AlignedModel:
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=lm.device)
         rows = []
         for k in range(len(prompts)):
-            a = self.adapter if adapters is None else adapters[k]
-            if a is None:
-                rows.append(None)
+            if adapters is None:
+                rows.append(self.u())
             else:
-                rows.append(a.u_at(self.alpha) if adapters is not None else self.u())
+                a = adapters[k]
+                rows.append(None if a is None else a.u_at(self.alpha))
         u = None
         if any(r is not None for r in rows):
             ref = next(r for r in rows if r is not None)

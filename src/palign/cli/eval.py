@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from palign.cli.common import (
@@ -21,7 +20,6 @@ from palign.cli.common import (
     train_options,
 )
 from palign.errors import PalignError
-from palign.eval.runs import load_results
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -117,56 +115,30 @@ def reports_table_from_dict(reps: list[dict[str, Any]], traits: list[str]) -> st
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Align the model to one person with PAS and compare with vanilla and the references."""
-    from pathlib import Path
+    """Align a model to one person with PAS and show the person, the numbers, the answers and
+    the words (:mod:`palign.demo`)."""
+    from palign.demo import DemoConfig, render_text, run_demo
 
-    from palign.data import check_inventory, check_semantics, load_dataset
-    from palign.eval.compare import compare_runs, compare_table
-    from palign.eval.runs import RunConfig, run_eval
-    from palign.models.loading import load_model
-
-    check_inventory(args.inventory)
-    sem = check_semantics(args.semantics)
-    ds = load_dataset(args.data, args.inventory)
-    person = ds.person(args.person) if args.person else ds.persons[0]
+    opts = pas_options(args)
     quiet = args.format == "json"
-    if not quiet:
-        print(
-            f"palign demo: aligning {args.model} to person {person.id} with PAS "
-            f"({args.inventory}, {sem} semantics); first run ~5 min on 2 CPU cores",
-            file=sys.stderr,
-        )
-    lm = load_model(args.model)
-    folders = []
-    tag = {"all": "", "last": "-last"}[args.steer_position]
-    for method in ("vanilla", "pas"):
-        out = Path(args.out) / f"{person.id}-{method}{tag if method == 'pas' else ''}"
-        cfg = RunConfig(
-            method=method,
-            model=args.model,
-            inventory=args.inventory,
-            semantics=sem,
-            persons=[person.id],
-            data=args.data,
-            max_items=args.max_items,
-            options={"steer_position": args.steer_position} if method == "pas" else {},
-        )
-        run_eval(cfg, out, lm=lm, dataset=ds, progress=not quiet)
-        folders.append(out)
-    payload = compare_runs(folders, data=args.data)
-    res = load_results(folders[1])
-    info = res["persons"][0].get("info", {})
-    payload["pas"] = {
-        k: info.get(k) for k in ("alpha", "alpha_selection", "validation_errors", "steer_position")
-    }
-    human = compare_table(payload) + (
-        f"\n\nPAS ({info.get('steer_position')} positions) alpha {info.get('alpha')} chosen by "
-        f"{info.get('alpha_selection')} "
-        f"(held-out shown-item error per alpha: {info.get('validation_errors')}).\n"
-        f"Keep the adapter: palign align --person {person.id} --out adapters/{person.id}; then "
-        f"palign chat --adapter adapters/{person.id}"
+    cfg = DemoConfig(
+        model=args.model,
+        person=args.person,
+        data=args.data,
+        inventory=args.inventory,
+        semantics=args.semantics,
+        out=args.out,
+        max_items=args.max_items,
+        pas_options=opts,
+        few_shot=args.few_shot,
+        seed=args.seed,
+        question=args.question,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=args.dtype,
     )
-    emit(args, payload, human)
+    res = run_demo(cfg, progress=not quiet, log=None if not quiet else (lambda s: None))
+    emit(args, res, render_text(res))
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -272,32 +244,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     fmt_arg(p)
     p.set_defaults(func=cmd_compare)
 
+    from palign.demo import DEMO_MODEL
+
     p = sub.add_parser(
         "demo",
-        help="align the embedded model to one PAPI person (PAS) and evaluate it beside vanilla "
-        "and the reference predictors",
+        help="align a model to one PAPI person (PAS) and show the person, the numbers, the "
+        "answers and the words",
+        description="Align a model to one PAPI person with PAS and show, beside vanilla: the "
+        "person's Big Five profile (terminal chart and a PNG under OUT), the per-trait error of "
+        "vanilla, PAS and the reference predictors (as 'palign eval' + 'palign compare'), three "
+        "held-out statements where vanilla and PAS disagree (a fixed rule), both models' answers "
+        "to one open question, and the commands to go on. Runs are resumable.",
     )
-    p.add_argument("--person", default=None, help="PAPI person id (default: the first person)")
+    p.add_argument(
+        "--person",
+        default=None,
+        help="PAPI person id (default: the first person of the test set)",
+    )
     p.add_argument(
         "--model",
-        default="smollm2",
-        help="model alias (see 'palign models'; default: the embedded smollm2), hub id, folder "
-        "or .gguf file",
+        default=DEMO_MODEL,
+        help=f"model alias (see 'palign models'; default: {DEMO_MODEL}), hub id, folder or "
+        ".gguf file",
     )
-    p.add_argument("--out", default="runs/demo", help="run folders (default runs/demo)")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda..."
+    )
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder: runs under OUT/<model>/, the profile PNG beside them "
+        "(default runs/demo)",
+    )
     p.add_argument(
         "--max-items",
         type=int,
         default=None,
-        help="only this many test items (quick look; default all 180)",
+        help="only this many test items, spread over the traits (quick look; default all 180)",
     )
     p.add_argument(
-        "--steer-position",
-        default="all",
-        choices=("all", "last"),
-        help="where the PAS shift is added: all (default: every position, the paper's o_proj "
-        "bias) or last (only the last position of each forward; faster)",
+        "--few-shot",
+        action="store_true",
+        help="also evaluate the few-shot prompt (the person's shown answers in the prompt)",
     )
+    p.add_argument(
+        "--question",
+        default="How do you spend a free evening?",
+        help="the open question both models answer (default: How do you spend a free evening?)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=60,
+        help="bound on each answer to the open question (greedy; default 60)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    add_pas_args(p)
     data_args(p)
     fmt_arg(p)
     p.set_defaults(func=cmd_demo)

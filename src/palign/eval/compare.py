@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from palign.data.types import Dataset
 from palign.errors import PalignError
 from palign.eval.report import format_table
 from palign.eval.runs import load_results
@@ -29,6 +30,7 @@ def compare_runs(
     data: str | None = None,
     references: tuple[str, ...] | list[str] = DEFAULT_REFERENCES,
     full: str | None = None,
+    dataset: Dataset | None = None,
 ) -> dict[str, Any]:
     """Load runs and compute the reference predictors on the first run's persons.
 
@@ -36,6 +38,8 @@ def compare_runs(
     persons, read again from the recorded file (or ``full``, the same file moved), whose
     sha256 must match the recorded one; the reference predictors' population statistics
     then come from the run's persons. Runs of one comparison must share their source.
+    ``dataset``, when given, is used instead of loading the data (e.g. the demo's, from
+    Python without ``$PALIGN_DATA``).
     """
     from palign.data import run_dataset
     from palign.eval.baselines import predict
@@ -82,7 +86,7 @@ def compare_runs(
                 f"{f} read its persons from another source than the first run (--full file "
                 "or the test-set release); compare runs of one source"
             )
-    ds = run_dataset(
+    ds = dataset or run_dataset(
         data or runs[0]["config"].get("data"),
         inv,
         full=(full or runs[0]["config"].get("full")) if source else None,
