@@ -31,6 +31,7 @@ PERSON_RULE = "the default: the first person of the data set"
 ALPHA_HOW = {
     "heldout-kfold": "chosen by k-fold cross-validation on the person's shown answers",
     "fixed": "set with --alpha",
+    "tuned": "by the model's rule tuned on development persons (--alpha-selection tuned)",
     "oracle": "ORACLE: chosen on the test items, not an honest evaluation",
 }
 
