@@ -84,9 +84,8 @@ def _full_sets(args: argparse.Namespace, ds: Any) -> list[dict[str, Any]] | None
 
 def cmd_data_person(args: argparse.Namespace) -> None:
     """A person's trait/facet profile (trait-direction means of their answers)."""
-    import numpy as np
-
     from palign.data import check_semantics, load_dataset
+    from palign.data.profile import facet_codes, trait_profile
     from palign.eval.report import format_table
 
     sem = check_semantics(args.semantics)
@@ -94,19 +93,15 @@ def cmd_data_person(args: argparse.Namespace) -> None:
     inv = ds.inventory
     p = ds.person(args.id)
     answers = p.answers(inv, sem)
-    by: dict[str, dict[str, list[float]]] = {"shown": {}, "test": {}}
-    for iid, a in answers.items():
-        it = inv.item(iid)
-        part = "shown" if iid in inv.shown_ids else "test"
-        v = inv.to_trait(it, a, sem)
-        by[part].setdefault(it.trait, []).append(v)
-        by[part].setdefault(it.facet, []).append(v)
+    prof = {
+        "shown": trait_profile(inv, answers, sem, inv.shown_ids),
+        "test": trait_profile(inv, answers, sem, inv.test_ids),
+    }
 
     def m(part: str, key: str) -> float | None:
-        vals = by[part].get(key)
-        return round(float(np.mean(vals)), 3) if vals else None
+        return prof[part].get(key)
 
-    facets = sorted({i.facet for i in inv.items}, key=lambda f: (inv.traits.index(f[0]), f))
+    facets = facet_codes(inv)
     payload = {
         "person": p.id,
         "inventory": inv.name,
