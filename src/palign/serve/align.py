@@ -83,6 +83,7 @@ def align_answers(
         "system_prompt": m.system_prompt(ds, person),
         "alpha_grid": m.grid,
         "folds": m.folds,
+        "steer_position": m.position,
         "shown_items": ds.inventory.shown_ids,
         "seconds": round(time.perf_counter() - t, 2),
         "source": "palign serve POST /v1/personalities",
