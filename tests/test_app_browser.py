@@ -44,8 +44,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _need_browser() -> None:
+    # CI sets PALIGN_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip
+    required = os.environ.get("PALIGN_REQUIRE_BROWSER") == "1"
     if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
-        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+        why = "no chromium/chromedriver (apt-get install chromium chromium-driver)"
+        pytest.fail(why) if required else pytest.skip(why)
+    if required:
+        import selenium  # noqa: F401
     pytest.importorskip("selenium", reason="selenium missing (pip install -e '.[dev]')")
 
 
