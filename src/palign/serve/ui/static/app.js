@@ -357,8 +357,10 @@ function renderRepro() {
   const alpha = Number($("alpha").value), seed = Number($("seed").value), temp = Number($("temp").value), maxtok = Number($("maxtok").value);
   const base = location.origin + "/v1";
   const key = sessionStorage.getItem(SS_KEY) ? "YOUR_API_KEY" : "none";
-  const msgs = S.history.aligned.length ? S.history.aligned : [{ role: "user", content: "Hello" }];
-  const vmsgs = S.history.vanilla.length ? S.history.vanilla : [{ role: "user", content: "Hello" }];
+  // the last request sent: the conversation up to the last user turn
+  const upToUser = (h) => { const k = h.map((m) => m.role).lastIndexOf("user"); return k >= 0 ? h.slice(0, k + 1) : [{ role: "user", content: "Hello" }]; };
+  const msgs = upToUser(S.history.aligned);
+  const vmsgs = upToUser(S.history.vanilla);
   const first = msgs[0].content;
   const path = S.model && S.model.palign.path ? S.model.palign.path : "ADAPTER_FOLDER";
   const sh = (t) => "'" + String(t).replace(/'/g, "'\\''") + "'";
@@ -366,7 +368,7 @@ function renderRepro() {
     "palign generate --adapter " + sh(path) + " --alpha " + alpha + " --temperature " + temp + " --seed " + seed + " --max-new-tokens " + maxtok + " " + sh(first) + "\n" +
     "# the whole conversation, interactively (type the same messages):\n" +
     "palign chat --adapter " + sh(path) + " --alpha " + alpha + " --temperature " + temp + " --seed " + seed + " --max-new-tokens " + maxtok + "\n\n" +
-    "# the same requests this page sends, with the openai client:\n" +
+    "# the last requests this page sent, with the openai client:\n" +
     "from openai import OpenAI\n" +
     "client = OpenAI(base_url=" + JSON.stringify(base) + ", api_key=" + JSON.stringify(key) + ")\n" +
     "vanilla = client.chat.completions.create(model=" + JSON.stringify(S.info.base) + ", messages=" + JSON.stringify(vmsgs) +
