@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "palign.cli.eval",
     "palign.cli.pas",
     "palign.cli.serve",
+    "palign.cli.app",
     "palign.cli.models",
     "palign.cli.judge",
 ]

@@ -85,20 +85,23 @@ def _full_sets(args: argparse.Namespace, ds: Any) -> list[dict[str, Any]] | None
 def cmd_data_person(args: argparse.Namespace) -> None:
     """A person's trait/facet profile (trait-direction means of their answers)."""
     from palign.data import check_semantics, load_dataset
-    from palign.data.profile import person_scores
+    from palign.data.profile import facet_codes, trait_profile
     from palign.eval.report import format_table
 
     sem = check_semantics(args.semantics)
     ds = load_dataset(args.data, args.inventory)
     inv = ds.inventory
     p = ds.person(args.id)
-    scores = person_scores(inv, p, sem)
+    answers = p.answers(inv, sem)
+    prof = {
+        "shown": trait_profile(inv, answers, sem, inv.shown_ids),
+        "test": trait_profile(inv, answers, sem, inv.test_ids),
+    }
 
     def m(part: str, key: str) -> float | None:
-        v = scores[part].get(key)
-        return None if v is None else round(v, 3)
+        return prof[part].get(key)
 
-    facets = sorted({i.facet for i in inv.items}, key=lambda f: (inv.traits.index(f[0]), f))
+    facets = facet_codes(inv)
     payload = {
         "person": p.id,
         "inventory": inv.name,
