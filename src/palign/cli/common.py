@@ -217,6 +217,18 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def build_method(
     args: argparse.Namespace,
     semantics: str,

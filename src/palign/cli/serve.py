@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import sys
 
-from palign.cli.common import add_model_args, emit, fmt_arg
+from palign.cli.common import add_model_args, emit, fmt_arg, is_loopback
 from palign.errors import PalignError
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -34,7 +24,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise PalignError("--max-batch must be >= 1, --max-queue >= 0, --max-body-mb > 0")
     if not (0 <= args.port < 65536):
         raise PalignError(f"--port {args.port} is not a port number (0..65535)")
-    if not _is_loopback(args.host) and not args.api_key:
+    if not is_loopback(args.host) and not args.api_key:
         print(
             f"palign: warning: serving on {args.host} without --api-key: anyone who can reach "
             "this port can use the model",
