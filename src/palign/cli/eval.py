@@ -117,9 +117,13 @@ def reports_table_from_dict(reps: list[dict[str, Any]], traits: list[str]) -> st
 def cmd_demo(args: argparse.Namespace) -> None:
     """Align a model to one person with PAS and show the person, the numbers, the answers and
     the words (:mod:`palign.demo`)."""
-    from palign.demo import DemoConfig, render_text, run_demo
+    from palign.demo import DEMO_ALPHA_GRID, DEMO_MAX_ITEMS, DemoConfig, render_text, run_demo
 
     opts = pas_options(args)
+    # the demo's quick protocol (stated in its header; the full evaluation's command is printed)
+    if opts.get("alpha_selection", "heldout") == "heldout" and "alpha_grid" not in opts:
+        opts["alpha_grid"] = list(DEMO_ALPHA_GRID)
+    max_items = args.max_items if args.max_items is not None else DEMO_MAX_ITEMS
     quiet = args.format == "json"
     cfg = DemoConfig(
         model=args.model,
@@ -128,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         inventory=args.inventory,
         semantics=args.semantics,
         out=args.out,
-        max_items=args.max_items,
+        max_items=max_items,
         pas_options=opts,
         few_shot=args.few_shot,
         seed=args.seed,
@@ -281,7 +285,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-items",
         type=int,
         default=None,
-        help="only this many test items, spread over the traits (quick look; default all 180)",
+        help="test items read, spread over the traits (default 60 of the 180; --max-items 180 "
+        "for all); with the default held-out alpha search the demo's grid is 0,1 unless "
+        "--alpha-grid is given",
     )
     p.add_argument(
         "--few-shot",

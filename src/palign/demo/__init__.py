@@ -17,8 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
-DEMO_MODEL = "qwen2.5-coder-0.5b"
-"""The model of ``palign demo`` and ``./dev demo`` (an alias of ``palign models``)."""
+DEMO_MODEL = "qwen2.5-coder-1.5b"
+"""The model of ``palign demo`` and ``./dev demo`` (an alias of ``palign models``): the smallest
+alias on which PAS at all positions moved a person's answers toward the person
+(docs/results/alpha-selection.md: on qwen2.5-coder-0.5b steering collapses every answer to one
+letter)."""
+
+DEMO_MAX_ITEMS = 60
+"""Test items the command-line demo reads unless ``--max-items`` is given (12 per trait)."""
+
+DEMO_ALPHA_GRID = (0.0, 1.0)
+"""The held-out alpha search's grid of the command-line demo unless ``--alpha-grid`` or another
+``--alpha-selection`` is given (the full evaluation searches 0,1,2,4,6,8)."""
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -37,4 +47,13 @@ def __getattr__(name: str) -> Any:  # lazy: importing DEMO_MODEL must not import
     raise AttributeError(name)
 
 
-__all__ = ["DEMO_MODEL", "DEMO_QUESTION", "PERSON_RULE", "DemoConfig", "render_text", "run_demo"]
+__all__ = [
+    "DEMO_ALPHA_GRID",
+    "DEMO_MAX_ITEMS",
+    "DEMO_MODEL",
+    "DEMO_QUESTION",
+    "PERSON_RULE",
+    "DemoConfig",
+    "render_text",
+    "run_demo",
+]

@@ -79,7 +79,7 @@ def write_profile_png(profile: dict[str, Any], path: str | Path) -> Path | None:
     traits = list(profile["traits"].values())
     names = [t["name"] for t in traits][::-1]
     scores = [t["score"] if t["score"] is not None else float("nan") for t in traits][::-1]
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(traits) + 1.4), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(traits) + 2.0), dpi=100)
     ys = range(len(traits))
     ax.barh(ys, [s - 1 for s in scores], left=1, height=0.5, color="#4C72B0", label="person")
     for y, t in zip(ys, traits[::-1]):
@@ -102,11 +102,12 @@ def write_profile_png(profile: dict[str, Any], path: str | Path) -> Path | None:
     ax.set_xticks([1, 2, 3, 4, 5])
     ax.set_xlabel("trait score: mean answer in the trait's direction (1 = low, 5 = high)")
     ax.set_title(
-        f"Person {profile['person']}: {profile['label']} from {profile['items']} shown answers, "
+        f"Person {profile['person']}: {profile['label']} from {profile['items']} shown answers,\n"
         f"vs the {profile['population_persons']} persons of the {profile['population']}",
         fontsize=10,
     )
-    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    # the legend above the plot area's right edge, clear of the bars and their labels
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, -0.16), fontsize=8, frameon=False, ncol=2)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
