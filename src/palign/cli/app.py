@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from palign.cli.common import add_model_args, add_pas_args, is_loopback, pas_options
+from palign.cli.common import add_model_args, add_pas_args, check_listen, pas_options
 from palign.errors import PalignError
 
 
@@ -21,14 +21,7 @@ def cmd_app(args: argparse.Namespace) -> None:
             f"palign app needs the serve extra ({e.name} is missing); "
             "install it with pip install 'palign[serve]'"
         ) from None
-    if not (0 <= args.port < 65536):
-        raise PalignError(f"--port {args.port} is not a port number (0..65535)")
-    if not is_loopback(args.host) and not args.api_key:
-        print(
-            f"palign: warning: serving on {args.host} without --api-key: anyone who can reach "
-            "this port can use the model and read the personalities fitted here",
-            file=sys.stderr,
-        )
+    check_listen(args, "use the model and read the personalities fitted here")
     from palign.data import resolve_data_dir
 
     resolve_data_dir(args.data, "ipip-neo")  # the questionnaire's items: fail early, one line

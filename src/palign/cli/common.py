@@ -229,6 +229,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_listen(args: argparse.Namespace, exposes: str) -> None:
+    """The port check and the no-key warning of the servers (``palign serve``, ``palign app``);
+    ``exposes`` says what an open port gives away."""
+    import sys
+
+    if not (0 <= args.port < 65536):
+        raise PalignError(f"--port {args.port} is not a port number (0..65535)")
+    if not is_loopback(args.host) and not args.api_key:
+        print(
+            f"palign: warning: serving on {args.host} without --api-key: anyone who can reach "
+            f"this port can {exposes}",
+            file=sys.stderr,
+        )
+
+
 def build_method(
     args: argparse.Namespace,
     semantics: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from palign.cli.common import add_model_args, emit, fmt_arg, is_loopback
+from palign.cli.common import add_model_args, check_listen, emit, fmt_arg
 from palign.errors import PalignError
 
 
@@ -22,14 +22,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         ) from None
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_mb <= 0:
         raise PalignError("--max-batch must be >= 1, --max-queue >= 0, --max-body-mb > 0")
-    if not (0 <= args.port < 65536):
-        raise PalignError(f"--port {args.port} is not a port number (0..65535)")
-    if not is_loopback(args.host) and not args.api_key:
-        print(
-            f"palign: warning: serving on {args.host} without --api-key: anyone who can reach "
-            "this port can use the model",
-            file=sys.stderr,
-        )
+    check_listen(args, "use the model")
     config = ServeConfig(
         served_model_name=args.served_model_name,
         api_key=args.api_key,
