@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from palign.cli.common import add_model_args, add_pas_args, check_listen, pas_options
-from palign.errors import PalignError
+from palign.cli.common import (
+    add_model_args,
+    add_pas_args,
+    check_listen,
+    pas_options,
+    serve_extra_missing,
+)
 
 
 def cmd_app(args: argparse.Namespace) -> None:
@@ -17,10 +22,7 @@ def cmd_app(args: argparse.Namespace) -> None:
         from palign.serve.app import ServeConfig
         from palign.serve.ui import UIConfig, create_ui_app, default_data_dir
     except ImportError as e:
-        raise PalignError(
-            f"palign app needs the serve extra ({e.name} is missing); "
-            "install it with pip install 'palign[serve]'"
-        ) from None
+        raise serve_extra_missing("app", e) from None
     check_listen(args, "use the model and read the personalities fitted here")
     from palign.data import resolve_data_dir
 

@@ -229,6 +229,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def serve_extra_missing(command: str, e: ImportError) -> PalignError:
+    """The one-line error of a server command run without the ``serve`` extra."""
+    return PalignError(
+        f"palign {command} needs the serve extra ({e.name} is missing); "
+        "install it with pip install 'palign[serve]'"
+    )
+
+
 def check_listen(args: argparse.Namespace, exposes: str) -> None:
     """The port check and the no-key warning of the servers (``palign serve``, ``palign app``);
     ``exposes`` says what an open port gives away."""

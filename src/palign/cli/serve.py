@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from palign.cli.common import add_model_args, check_listen, emit, fmt_arg
+from palign.cli.common import add_model_args, check_listen, emit, fmt_arg, serve_extra_missing
 from palign.errors import PalignError
 
 
@@ -16,10 +16,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
         from palign.serve.app import ServeConfig, create_app
     except ImportError as e:
-        raise PalignError(
-            f"palign serve needs the serve extra ({e.name} is missing); "
-            "install it with pip install 'palign[serve]'"
-        ) from None
+        raise serve_extra_missing("serve", e) from None
     if args.max_batch < 1 or args.max_queue < 0 or args.max_body_mb <= 0:
         raise PalignError("--max-batch must be >= 1, --max-queue >= 0, --max-body-mb > 0")
     check_listen(args, "use the model")
