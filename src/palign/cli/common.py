@@ -159,9 +159,10 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Options of the training baselines (dpo, grpo); defaults in ``palign.train.config``."""
     g = p.add_argument_group(
-        "training options (dpo, grpo; defaults: LoRA r 16, alpha 100 on q/k/v/o, 250 steps, "
-        "batch 16; dpo lr 5e-4, beta 0.1; grpo lr 1e-4, KL beta 0.2, 4 passes per batch, 15 new "
-        "tokens, unparsed reward -6)"
+        "training options (dpo, grpo; defaults: LoRA r 16, alpha 100 on q/k/v/o, at most 250 "
+        "steps, the best of 5 by the error on 20% of the shown items held out, batch 16; dpo lr "
+        "5e-4, beta 0.1; grpo lr 1e-4, KL beta 0.2, 4 passes per batch, 15 new tokens, unparsed "
+        "reward -6)"
     )
     g.add_argument("--train-steps", type=int, default=None, help="optimiser steps per person")
     g.add_argument("--train-lr", type=float, default=None, help="peak learning rate")
@@ -176,6 +177,32 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "memory runs out)",
     )
     g.add_argument("--train-beta", type=float, default=None, help="dpo: beta; grpo: KL coefficient")
+    g.add_argument(
+        "--train-select",
+        choices=("heldout", "none"),
+        default=None,
+        help="how the number of steps is chosen: heldout (default) holds out "
+        "--heldout-fraction of the person's shown items (never trained on), reads their error "
+        "every --eval-every steps and keeps the adapter of the best step (ties: fewer steps; "
+        "--train-steps is the upper bound); none trains on every shown item and keeps the last "
+        "step",
+    )
+    g.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=None,
+        help="share of the answered shown items held out for --train-select heldout (default "
+        "0.2; the same seeded item order as PAS's alpha folds)",
+    )
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="read the held-out items every K optimiser steps and after the last (default 0 = "
+        "auto: 5 evaluations, every ceil(steps/5)); --train-option patience=N stops after N "
+        "evaluations without a new best",
+    )
     g.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
     g.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha")
     g.add_argument(
@@ -199,6 +226,9 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
         ("train_beta", "beta"),
         ("lora_r", "lora_r"),
         ("lora_alpha", "lora_alpha"),
+        ("train_select", "select"),
+        ("heldout_fraction", "heldout_fraction"),
+        ("eval_every", "eval_every"),
     ):
         v = getattr(args, flag, None)
         if v is not None:

@@ -27,7 +27,13 @@ class DPO(LoRATrainingMethod):
     config_class = DPOTrainConfig
     trainer_name = "trl.DPOTrainer"
 
-    def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
+    def examples(
+        self,
+        lm: LoadedModel,
+        dataset: Dataset,
+        person: Person,
+        items: list[str] | None = None,
+    ) -> list[Any]:
         """Preference pairs of the person's non-neutral shown answers."""
         cfg = self.train_config
         return dpo_pairs(
@@ -37,6 +43,7 @@ class DPO(LoRATrainingMethod):
             self.config.semantics,
             self.system_prompt,
             cfg.completion,  # type: ignore[attr-defined]
+            items,
         )
 
     def trainer(self) -> Any:

@@ -29,9 +29,17 @@ class GRPO(LoRATrainingMethod):
     config_class = GRPOTrainConfig
     trainer_name = "trl.GRPOTrainer"
 
-    def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
+    def examples(
+        self,
+        lm: LoadedModel,
+        dataset: Dataset,
+        person: Person,
+        items: list[str] | None = None,
+    ) -> list[Any]:
         """Generate-readout prompts of the person's answered shown items."""
-        return rl_prompts(lm.tokenizer, dataset, person, self.config.semantics, self.system_prompt)
+        return rl_prompts(
+            lm.tokenizer, dataset, person, self.config.semantics, self.system_prompt, items
+        )
 
     def trainer(self) -> Any:
         """:func:`palign.train.grpo.train_grpo`."""

@@ -56,6 +56,7 @@ __all__ = [
     "check_head_rank",
     "check_probe_split",
     "fold_assignment",
+    "seeded_item_order",
     "head_scores",
     "labels_for",
     "layer_vectors",
@@ -399,6 +400,17 @@ def _errors(pred: Any, truth: torch.Tensor, n_alpha: int) -> torch.Tensor:
     return torch.where(unparsed, torch.full_like(err, UNPARSED_ERROR), err)
 
 
+def seeded_item_order(item_ids: Sequence[str], seed: int = 0) -> list[int]:
+    """Positions of ``item_ids`` ordered by a seeded hash of each id (``sha256("seed:id")``).
+
+    An item's rank does not depend on the order of the ids. :func:`fold_assignment` deals
+    folds from this order, and the training baselines' held-out items
+    (:func:`palign.train.select.heldout_split`) are its first ones.
+    """
+    keys = [hashlib.sha256(f"{seed}:{iid}".encode()).hexdigest() for iid in item_ids]
+    return sorted(range(len(keys)), key=lambda i: (keys[i], i))
+
+
 def fold_assignment(
     n_items: int,
     k_folds: int,
@@ -416,8 +428,7 @@ def fold_assignment(
     if item_ids is not None:
         if len(item_ids) != n_items:
             raise PalignError(f"{len(item_ids)} item ids for {n_items} items")
-        keys = [hashlib.sha256(f"{seed}:{iid}".encode()).hexdigest() for iid in item_ids]
-        order = sorted(range(n_items), key=lambda i: (keys[i], i))
+        order = seeded_item_order(item_ids, seed)
     else:
         gen = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(n_items, generator=gen).tolist()

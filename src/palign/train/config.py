@@ -18,6 +18,12 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 COMPLETIONS = ("option", "letter")
 """DPO completion forms (see :attr:`DPOTrainConfig.completion`)."""
 
+SELECTIONS = ("heldout", "none")
+"""Step selection rules (see :attr:`TrainConfig.select`)."""
+
+AUTO_EVALUATIONS = 5
+"""Held-out evaluations of a run when ``eval_every`` is 0 (auto): every ``ceil(steps / 5)``."""
+
 
 @dataclass
 class TrainConfig:
@@ -34,6 +40,15 @@ class TrainConfig:
         lora_dropout: dropout on the LoRA input.
         lora_targets: comma-separated module names LoRA is applied to.
         logging_steps: record the loss every this many steps.
+        select: step selection: ``heldout`` (default) holds out ``heldout_fraction`` of the
+            person's answered shown items (never trained on), reads their error every
+            ``eval_every`` steps and keeps the adapter of the best step (ties: fewer steps);
+            ``none`` trains on all shown items and keeps the last step.
+        heldout_fraction: share of the answered shown items held out (``select=heldout``).
+        eval_every: evaluate the held-out items every this many optimiser steps (and at the
+            last step); 0 = auto, ``ceil(steps / 5)`` (5 evaluations).
+        patience: stop after this many evaluations without a new best (0 = run all
+            ``steps``; ``steps`` stays the upper bound either way).
     """
 
     steps: int = 250
@@ -46,11 +61,29 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: str = ",".join(LORA_TARGETS)
     logging_steps: int = 1
+    select: str = "heldout"
+    heldout_fraction: float = 0.2
+    eval_every: int = 0
+    patience: int = 0
 
     @property
     def grad_accum(self) -> int:
         """Gradient accumulation steps."""
         return self.batch // self.micro_batch
+
+    def eval_interval(self) -> int:
+        """Optimiser steps between held-out evaluations (``eval_every``, or auto)."""
+        if self.eval_every > 0:
+            return min(self.eval_every, self.steps)
+        return max(1, -(-self.steps // AUTO_EVALUATIONS))
+
+    def eval_steps(self) -> list[int]:
+        """The optimiser steps after which the held-out items are read (the last included)."""
+        k = self.eval_interval()
+        out = list(range(k, self.steps + 1, k))
+        if not out or out[-1] != self.steps:
+            out.append(self.steps)
+        return out
 
     def check(self) -> None:
         """Raise a one-line :class:`PalignError` for inconsistent values."""
@@ -72,6 +105,21 @@ class TrainConfig:
             raise PalignError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not self.targets():
             raise PalignError("lora_targets is empty; give module names like q_proj,v_proj")
+        if self.select not in SELECTIONS:
+            raise PalignError(
+                f"unknown step selection {self.select!r}; use --train-select "
+                f"{' or '.join(SELECTIONS)}"
+            )
+        if not 0 < self.heldout_fraction < 1:
+            raise PalignError(
+                f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}; e.g. 0.2, "
+                "or --train-select none to train on every shown item"
+            )
+        for name in ("eval_every", "patience"):
+            if getattr(self, name) < 0:
+                raise PalignError(
+                    f"trainer option {name} must be at least 0, got {getattr(self, name)}"
+                )
 
     def targets(self) -> list[str]:
         """LoRA target module names."""
@@ -236,7 +284,9 @@ def option_names(cls: type[TrainConfig]) -> list[str]:
 
 
 __all__ = [
+    "AUTO_EVALUATIONS",
     "LORA_TARGETS",
+    "SELECTIONS",
     "DPOTrainConfig",
     "GRPOTrainConfig",
     "TrainConfig",

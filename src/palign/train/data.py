@@ -82,10 +82,40 @@ class PreferencePair:
     answer: int
 
 
-def shown_answers(dataset: Dataset, person: Person, semantics: Semantics) -> dict[str, int]:
-    """The person's answers to the shown items (item id -> 1..5), missing ones left out."""
+def shown_answers(
+    dataset: Dataset,
+    person: Person,
+    semantics: Semantics,
+    items: Sequence[str] | None = None,
+) -> dict[str, int]:
+    """The person's answers to the shown items (item id -> 1..5), missing ones left out.
+
+    ``items``: only these shown items (the training part when some are held out); an item
+    that is not a shown item raises :class:`PalignError` (test items never reach a trainer).
+    """
     inv = dataset.inventory
-    return person.answers(inv, semantics, list(inv.shown_ids))
+    ids = list(inv.shown_ids)
+    if items is not None:
+        shown = set(ids)
+        bad = [i for i in items if i not in shown]
+        if bad:
+            raise PalignError(f"item {bad[0]} is not a shown item; training uses shown items only")
+        keep = set(items)
+        ids = [i for i in ids if i in keep]
+    return person.answers(inv, semantics, ids)
+
+
+def _nothing_to_train(person: Person, what: str, items: Sequence[str] | None) -> PalignError:
+    if items is None:
+        return PalignError(
+            f"person {person.id} has no non-neutral shown answer (nothing to train on); "
+            f"{what} needs shown answers other than 3"
+        )
+    return PalignError(
+        f"person {person.id} has no non-neutral answer among the {len(items)} shown items left "
+        "for training after holding out items for step selection; lower --heldout-fraction or "
+        "give --train-select none"
+    )
 
 
 def dpo_pairs(
@@ -95,14 +125,17 @@ def dpo_pairs(
     semantics: Semantics = "agreement",
     system_prompt: str | None = None,
     completion: str = "option",
+    items: Sequence[str] | None = None,
 ) -> list[PreferencePair]:
     """DPO pairs of one person from the shown items; :class:`PalignError` when there are none.
 
     ``completion``: ``"option"`` (letter + option text) or ``"letter"`` (the letter alone).
+    ``items``: only these shown items (e.g. the training part of
+    :func:`palign.train.select.heldout_split`); default all shown items.
     """
     inv = dataset.inventory
     pairs = []
-    for iid, v in shown_answers(dataset, person, semantics).items():
+    for iid, v in shown_answers(dataset, person, semantics, items).items():
         if v == 3:
             continue
         prompt = build_prompt(tokenizer, system_prompt, inv.statement(inv.item(iid)))
@@ -116,10 +149,7 @@ def dpo_pairs(
             )
         )
     if not pairs:
-        raise PalignError(
-            f"person {person.id} has no non-neutral shown answer (nothing to train on); "
-            "DPO needs shown answers other than 3"
-        )
+        raise _nothing_to_train(person, "DPO", items)
     return pairs
 
 
@@ -138,19 +168,17 @@ def rl_prompts(
     person: Person,
     semantics: Semantics = "agreement",
     system_prompt: str | None = None,
+    items: Sequence[str] | None = None,
 ) -> list[RLPrompt]:
-    """Generate-readout prompts of the person's answered shown items.
+    """Generate-readout prompts of the person's answered shown items (``items``: only these).
 
     Raises :class:`PalignError` when the person has no non-neutral shown answer (a person who
     answered 3 everywhere gives no signal that differs from "always C").
     """
     inv = dataset.inventory
-    answers = shown_answers(dataset, person, semantics)
+    answers = shown_answers(dataset, person, semantics, items)
     if not any(v != 3 for v in answers.values()):
-        raise PalignError(
-            f"person {person.id} has no non-neutral shown answer (nothing to train on); "
-            "RL training needs shown answers other than 3"
-        )
+        raise _nothing_to_train(person, "RL training", items)
     return [
         RLPrompt(
             iid, build_generate_prompt(tokenizer, system_prompt, inv.statement(inv.item(iid))), v

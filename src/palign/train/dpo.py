@@ -24,6 +24,7 @@ from palign.train.lora import (
     save_lora,
     trainer_common_args,
 )
+from palign.train.select import HeldOut, check_selection, new_selection, selection_callback
 
 if TYPE_CHECKING:
     from palign.models.loading import LoadedModel
@@ -39,7 +40,9 @@ class TrainResult:
         loss: :func:`palign.train.lora.loss_summary` of the logged training loss.
         history: the trainer's full log history.
         n_examples: training examples (pairs or prompts).
-        items: the shown item ids used.
+        items: the shown item ids trained on.
+        selection: the held-out step selection (:meth:`palign.train.select.StepSelection.
+            to_dict`: held-out items, curve, chosen step); None with ``select="none"``.
     """
 
     folder: Path
@@ -48,6 +51,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     n_examples: int = 0
     items: list[str] = field(default_factory=list)
+    selection: dict[str, Any] | None = None
 
 
 def dpo_trainer_class() -> type:
@@ -69,6 +73,7 @@ def train_dpo(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     project_persons: int = 0,
+    heldout: HeldOut | None = None,
 ) -> TrainResult:
     """Train one LoRA adapter with DPO on ``pairs`` and save it to ``folder`` (atomically).
 
@@ -76,12 +81,17 @@ def train_dpo(
     ``project_persons``: on CPU, warn after the first optimiser step when this many persons'
     training projects past an hour (:func:`~palign.train.lora.projection_callback`); 0 = no
     projection.
+    ``heldout``: the held-out shown items (:func:`palign.train.select.heldout_set`), required
+    with ``cfg.select == "heldout"``: read every ``cfg.eval_every`` steps, and the adapter of
+    the best step is the one saved (:mod:`palign.train.select`).
     """
     from datasets import Dataset as HFDataset
     from trl import DPOConfig
 
+    check_selection(cfg, heldout)
     rows = dpo_rows(lm.tokenizer, pairs)
     holder: dict[str, Any] = {}
+    sel = new_selection(cfg, heldout, len({p.item for p in pairs})) if heldout is not None else None
 
     def train() -> None:
         t0 = time.perf_counter()
@@ -105,19 +115,25 @@ def train_dpo(
                         progress_callback(f"dpo {person}", cfg.steps, progress),
                         *projection_callbacks("dpo", cfg, lm, project_persons),
                         *callbacks,
+                        # last: its reads stay out of the step timers above
+                        *([selection_callback(lm, sel)] if sel is not None else []),
                     ],
                 )
                 drop_printer(trainer)
                 trainer.train()
                 history = list(trainer.state.log_history)
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                if sel is not None:
+                    sel.restore(lm.model)
                 save_lora(
-                    trainer.accelerator.unwrap_model(trainer.model),
+                    model,
                     Path(folder),
                     {
                         **(meta or {}),
                         "loss": loss_summary(history),
                         "n_pairs": len(pairs),
                         "seconds": round(time.perf_counter() - t0, 2),
+                        "selection": sel.to_dict() if sel is not None else None,
                     },
                 )
                 holder["history"] = history
@@ -125,5 +141,11 @@ def train_dpo(
     _, seconds = run_training(train, "dpo", person, cfg)
     history = holder["history"]
     return TrainResult(
-        Path(folder), seconds, loss_summary(history), history, len(pairs), [p.item for p in pairs]
+        Path(folder),
+        seconds,
+        loss_summary(history),
+        history,
+        len(pairs),
+        [p.item for p in pairs],
+        sel.to_dict() if sel is not None else None,
     )

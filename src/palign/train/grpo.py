@@ -31,6 +31,7 @@ from palign.train.lora import (
     save_lora,
     trainer_common_args,
 )
+from palign.train.select import HeldOut, check_selection, new_selection, selection_callback
 
 if TYPE_CHECKING:
     from palign.models.loading import LoadedModel
@@ -55,6 +56,7 @@ def train_grpo(
     progress: bool = True,
     callbacks: Sequence[Any] = (),
     project_persons: int = 0,
+    heldout: HeldOut | None = None,
 ) -> TrainResult:
     """Train one LoRA adapter with GRPO on ``prompts`` and save it to ``folder`` (atomically).
 
@@ -62,12 +64,19 @@ def train_grpo(
     ``project_persons``: on CPU, warn after the first optimiser step when this many persons'
     training projects past an hour (:func:`~palign.train.lora.projection_callback`); 0 = no
     projection.
+    ``heldout``: the held-out shown items (:func:`palign.train.select.heldout_set`), required
+    with ``cfg.select == "heldout"``: read every ``cfg.eval_every`` steps, and the adapter of
+    the best step is the one saved (:mod:`palign.train.select`).
     """
     from datasets import Dataset as HFDataset
     from trl import GRPOConfig
 
+    check_selection(cfg, heldout)
     rows = grpo_rows(lm.tokenizer, prompts)
     holder: dict[str, Any] = {}
+    sel = (
+        new_selection(cfg, heldout, len({p.item for p in prompts})) if heldout is not None else None
+    )
 
     def reward(completions: list[Any], answer: list[int], **_: Any) -> list[float]:
         return answer_reward(completions, answer, cfg.unparsed_penalty)
@@ -99,13 +108,18 @@ def train_grpo(
                         progress_callback(f"grpo {person}", cfg.steps, progress, "reward"),
                         *projection_callbacks("grpo", cfg, lm, project_persons),
                         *callbacks,
+                        # last: its reads stay out of the step timers above
+                        *([selection_callback(lm, sel)] if sel is not None else []),
                     ],
                 )
                 drop_printer(trainer)
                 trainer.train()
                 history = list(trainer.state.log_history)
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                if sel is not None:
+                    sel.restore(lm.model)
                 save_lora(
-                    trainer.accelerator.unwrap_model(trainer.model),
+                    model,
                     Path(folder),
                     {
                         **(meta or {}),
@@ -113,6 +127,7 @@ def train_grpo(
                         "reward": loss_summary(history, "reward"),
                         "n_prompts": len(prompts),
                         "seconds": round(time.perf_counter() - t0, 2),
+                        "selection": sel.to_dict() if sel is not None else None,
                     },
                 )
                 holder["history"] = history
@@ -126,4 +141,5 @@ def train_grpo(
         history,
         len(prompts),
         [p.item for p in prompts],
+        sel.to_dict() if sel is not None else None,
     )

@@ -23,7 +23,9 @@ from palign.models.loading import LoadedModel
 from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
 from palign.paths import cache_dir
 from palign.train.config import TrainConfig, config_from_options
+from palign.train.data import shown_answers
 from palign.train.lora import read_meta
+from palign.train.select import HeldOut, heldout_set, heldout_split
 
 
 def library_versions() -> dict[str, str]:
@@ -60,18 +62,30 @@ class LoRATrainingMethod(Method):
         self._projected = False
 
     # --- to implement ----------------------------------------------------------------------
-    def examples(self, lm: LoadedModel, dataset: Dataset, person: Person) -> list[Any]:
-        """The person's training examples (shown items only)."""
+    def examples(
+        self,
+        lm: LoadedModel,
+        dataset: Dataset,
+        person: Person,
+        items: list[str] | None = None,
+    ) -> list[Any]:
+        """The person's training examples (shown items only; ``items``: only these)."""
         raise NotImplementedError
 
     def trainer(self) -> Any:
         """The training function (``train_dpo``, ``train_grpo``): called as
         ``fn(lm, examples, train_config, folder, seed=, meta=, person=, progress=,
-        project_persons=)``."""
+        project_persons=, heldout=)``."""
         raise NotImplementedError
 
     def train(
-        self, lm: LoadedModel, examples: list[Any], folder: Path, meta: dict[str, Any], person: str
+        self,
+        lm: LoadedModel,
+        examples: list[Any],
+        folder: Path,
+        meta: dict[str, Any],
+        person: str,
+        heldout: HeldOut | None = None,
     ) -> Any:
         """Train and save one adapter; returns a :class:`palign.train.dpo.TrainResult`."""
         project = 0 if self._projected else (self.persons_planned or 1)
@@ -86,7 +100,23 @@ class LoRATrainingMethod(Method):
             person=person,
             progress=self.progress,
             project_persons=project,
+            heldout=heldout,
         )
+
+    def split(
+        self, lm: LoadedModel, dataset: Dataset, person: Person
+    ) -> tuple[list[Any], HeldOut | None]:
+        """The person's training examples and held-out items (``select="heldout"``: the
+        items :func:`~palign.train.select.heldout_split` holds out are left out of the
+        examples; ``select="none"``: every shown item trains, nothing is held out)."""
+        examples = self.examples(lm, dataset, person)  # raises for nothing to train on
+        cfg = self.train_config
+        if cfg.select == "none":
+            return examples, None
+        answered = list(shown_answers(dataset, person, self.config.semantics))
+        train_ids, held_ids = heldout_split(answered, cfg.heldout_fraction, self.config.seed)
+        held = heldout_set(dataset, person, held_ids, self.config.semantics, self.system_prompt)
+        return self.examples(lm, dataset, person, items=train_ids), held
 
     # --- shared ------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -97,7 +127,12 @@ class LoRATrainingMethod(Method):
             "trainer": self.trainer_name,
             "training": self.train_config.to_dict(),
             "system_prompt": self.system_prompt,
-            "data": "shown items only",
+            "data": "shown items only"
+            + (
+                f" ({self.train_config.heldout_fraction:g} of them held out to choose the step)"
+                if self.train_config.select == "heldout"
+                else ""
+            ),
         }
 
     def root(self, lm: LoadedModel) -> Path:
@@ -142,7 +177,7 @@ class LoRATrainingMethod(Method):
 
     def fit(self, lm: LoadedModel, dataset: Dataset, person: Person) -> Aligned:
         """Train (or reuse) the person's adapter; the readout applies it (``Aligned.lora``)."""
-        examples = self.examples(lm, dataset, person)  # raises for nothing to train on
+        examples, held = self.split(lm, dataset, person)  # raises for nothing to train on
         folder = self.root(lm) / person.id
         meta = self._meta(lm, dataset, person)
         old = read_meta(folder)
@@ -158,11 +193,11 @@ class LoRATrainingMethod(Method):
             )
         if reused:
             loss, seconds = old["loss"], old.get("seconds")
-            extra = {k: old[k] for k in ("reward",) if k in old}
+            extra = {k: old[k] for k in ("reward", "selection") if old.get(k) is not None}
         else:
-            res = self.train(lm, examples, folder, meta, person.id)
+            res = self.train(lm, examples, folder, meta, person.id, held)
             loss, seconds = res.loss, round(res.seconds, 2)
-            extra = {}
+            extra = {"selection": res.selection} if res.selection is not None else {}
             if res.history and any("reward" in h for h in res.history):
                 from palign.train.lora import loss_summary
 
