@@ -33,6 +33,7 @@ FAST = {
     "warmup_ratio": 0.0,
     "lora_dropout": 0.0,
     "completion": "letter",
+    "select": "none",  # these tests check the training itself (selection: test_train_select)
 }
 
 
@@ -228,7 +229,9 @@ def test_trainer_callbacks_see_every_step(tiny_lm: LoadedModel, tmp_path: Path) 
 
     ds = planted_dataset()
     cb = Count()
-    cfg = GRPOTrainConfig(steps=2, batch=2, micro_batch=2, num_generations=2, max_new_tokens=3)
+    cfg = GRPOTrainConfig(
+        steps=2, batch=2, micro_batch=2, num_generations=2, max_new_tokens=3, select="none"
+    )
     prompts = rl_prompts(tiny_lm.tokenizer, ds, ds.persons[0])
     res = train_grpo(tiny_lm, prompts, cfg, tmp_path / "a", progress=False, callbacks=[cb])
     assert cb.begin == cb.end == 2 and (res.folder / "adapter_config.json").is_file()

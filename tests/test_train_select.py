@@ -111,7 +111,7 @@ def test_dpo_run_selects_the_first_best_step_and_saves_it(
 
     ds = mixed_dataset()
     person = ds.persons[0]
-    cfg = DPOTrainConfig(**{**FAST, "eval_every": 1})
+    cfg = DPOTrainConfig(**{**FAST, "select": "heldout", "eval_every": 1})
     answered = list(shown_answers(ds, person, "agreement"))
     train_ids, held_ids = heldout_split(answered, cfg.heldout_fraction, 0)
     pairs = dpo_pairs(tiny_lm.tokenizer, ds, person, completion="letter", items=train_ids)
@@ -140,7 +140,7 @@ def test_dpo_run_selects_the_first_best_step_and_saves_it(
     # patience 1: stops after the first evaluation without a new best
     scripted = iter([2.0, 3.0, 0.0, 0.0])
     monkeypatch.setattr(sel_mod, "heldout_error", lambda lm, h: next(scripted))
-    cfg2 = DPOTrainConfig(**{**FAST, "eval_every": 1, "patience": 1})
+    cfg2 = DPOTrainConfig(**{**FAST, "select": "heldout", "eval_every": 1, "patience": 1})
     res2 = train_dpo(tiny_lm, pairs, cfg2, tmp_path / "b", progress=False, heldout=held)
     assert res2.selection["curve"] == [[1, 2.0], [2, 3.0]] and res2.selection["stopped_at"] == 2
     assert res2.selection["chosen_step"] == 1
@@ -165,7 +165,7 @@ def test_harness_heldout_never_trained_recorded_and_reproducible(
             seen.extend(tiny_lm.tokenizer.batch_decode(inputs["input_ids"]))
             return super().compute_loss(model, inputs, *a, **kw)
 
-    opts = {**FAST, "steps": 3, "eval_every": 1}
+    opts = {**FAST, "select": "heldout", "steps": 3, "eval_every": 1}
     runs = []
     orig = dpo_mod.dpo_trainer_class
     dpo_mod.dpo_trainer_class = lambda: Spy
@@ -252,7 +252,7 @@ def test_select_none_and_bad_input(tiny_lm: LoadedModel, tmp_path: Path, papi_di
     person = ds.persons[0]
     pairs = dpo_pairs(tiny_lm.tokenizer, ds, person, completion="letter")
     with pytest.raises(PalignError, match="select='heldout' needs the held-out items"):
-        train_dpo(tiny_lm, pairs, DPOTrainConfig(**FAST), tmp_path / "x", progress=False)
+        train_dpo(tiny_lm, pairs, DPOTrainConfig(**{**FAST, "select": "heldout"}), tmp_path / "x")
     prompts = rl_prompts(tiny_lm.tokenizer, ds, person)
     with pytest.raises(PalignError, match="select='heldout' needs the held-out items"):
         train_grpo(tiny_lm, prompts, GRPOTrainConfig(), tmp_path / "y", progress=False)
@@ -269,7 +269,7 @@ def test_select_none_and_bad_input(tiny_lm: LoadedModel, tmp_path: Path, papi_di
     stored = {i: 3 for i in inv.shown_ids + inv.test_ids}
     stored["4"] = 5
     lone = Dataset(inv, [Person("pl", stored)])
-    m2 = get_method("dpo", MethodConfig("agreement", 0, dict(FAST)))
+    m2 = get_method("dpo", MethodConfig("agreement", 0, {**FAST, "select": "heldout"}))
     m2.adapter_root = tmp_path / "lone"
     with pytest.raises(PalignError, match="lower --heldout-fraction or give --train-select none"):
         m2.fit(tiny_lm, lone, lone.persons[0])
