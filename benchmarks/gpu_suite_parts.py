@@ -319,7 +319,14 @@ def part_train(
             "dpo",
             lambda: train_dpo,
             lambda: dpo_pairs(b.tok, b.ds, person),
-            DPOTrainConfig(steps=s.train_steps, batch=s.train_batch, micro_batch=s.train_batch),
+            # select none: every step is timed alone (the held-out reads of palign's default
+            # selection are 5 readouts per person, not part of a step)
+            DPOTrainConfig(
+                steps=s.train_steps,
+                batch=s.train_batch,
+                micro_batch=s.train_batch,
+                select="none",
+            ),
         ),
         (
             "grpo",
@@ -331,6 +338,7 @@ def part_train(
                 micro_batch=s.train_batch,
                 num_generations=s.num_generations,
                 max_new_tokens=s.grpo_max_new_tokens,
+                select="none",
             ),
         ),
     )

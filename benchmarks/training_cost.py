@@ -64,6 +64,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if args.method in ("dpo", "grpo"):
         opts = {"steps": args.steps, "batch": args.batch, "micro_batch": args.batch}
+        opts["select"] = args.select
         if args.method == "grpo":
             opts["num_generations"] = min(8, args.batch)
         else:  # per-step reference forwards: the cost scales with the steps (see the docstring)
@@ -124,6 +125,13 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data", default=None, help="PAPI folder (default $PALIGN_DATA / ../shared)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--select",
+        choices=("none", "heldout"),
+        default="none",
+        help="dpo/grpo step selection (default none: the training alone, as the recorded "
+        "figures; heldout adds the held-out reads of palign's default)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--out", default=str(HERE / "results" / "training_cost.json"))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -149,6 +157,7 @@ def main() -> None:
                 ("model", args.model),
                 ("device", args.device),
                 ("seed", args.seed),
+                ("select", args.select),
                 ("threads", args.threads),
             )
         ]
