@@ -81,7 +81,7 @@ def _same_weights(saved: dict[str, torch.Tensor], live: dict[str, torch.Tensor])
 
 
 def test_split_is_seeded_by_item_id_like_pas_folds(papi: Dataset) -> None:
-    from palign.steering.pas import fold_assignment
+    from palign.steering.pas import fold_assignment, seeded_item_order
 
     ids = list(papi.inventory.shown_ids)
     train, held = heldout_split(ids, 0.2, seed=3)
@@ -93,8 +93,10 @@ def test_split_is_seeded_by_item_id_like_pas_folds(papi: Dataset) -> None:
     # the order of the ids does not matter; the seed does
     assert heldout_split(list(reversed(ids)), 0.2, seed=3)[1] == list(reversed(held))
     assert set(heldout_split(ids, 0.2, seed=4)[1]) != set(held)
-    # the same order PAS deals its alpha folds from: fold 0 of 5 starts with the same items
-    assert set(fold_assignment(len(ids), 5, 3, ids)[0]) & {ids.index(i) for i in held}
+    # the same order PAS deals its alpha folds from (fold f = every k-th item from f)
+    order = seeded_item_order(ids, 3)
+    assert {ids[i] for i in order[:24]} == set(held)
+    assert fold_assignment(len(ids), 5, 3, ids)[0] == sorted(order[0::5])
     assert not set(held) & set(papi.inventory.test_ids)
     with pytest.raises(PalignError, match="leaves no held-out item.*--train-select none"):
         heldout_split(ids[:2], 0.2)
