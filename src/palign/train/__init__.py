@@ -2,11 +2,14 @@
 
 Usable without the CLI::
 
-    from palign.train import DPOTrainConfig, dpo_pairs, heldout_set, heldout_split, train_dpo
+    from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT as SYS
+    from palign.train import (
+        DPOTrainConfig, dpo_pairs, heldout_set, heldout_split, shown_answers, train_dpo,
+    )
     answered = list(shown_answers(dataset, person, "agreement"))
     train_ids, held_ids = heldout_split(answered, 0.2, seed=0)    # held out: never trained on
-    pairs = dpo_pairs(lm.tokenizer, dataset, person, items=train_ids)
-    held = heldout_set(dataset, person, held_ids, system_prompt=NEUTRAL_SYSTEM_PROMPT)
+    pairs = dpo_pairs(lm.tokenizer, dataset, person, system_prompt=SYS, items=train_ids)
+    held = heldout_set(dataset, person, held_ids, system_prompt=SYS)
     res = train_dpo(lm, pairs, DPOTrainConfig(steps=50), "adapters/172481", heldout=held)
     res.selection["chosen_step"], res.selection["curve"]
 
