@@ -24,6 +24,9 @@ readout, seed 0; the final fit uses all answered shown items, exactly as ``palig
   Their mean cosine is the person's *fold stability*
   (:func:`palign.steering.pas.fold_stability`), which the ``stable-fixed`` rules read: steer
   with a fixed alpha only a person whose direction is stable, else not at all.
+  ``--diag-folds 3,5`` repeats the diagnostics with other fold counts (``diag-<set>-k<K>.json``):
+  does a fold that leaves fewer items out give a direction closer to the final one? The
+  summary also counts the folds whose direction points away from the final one (cosine < 0).
 
 Rules (``--report``) are tuned on development persons only (``--persons dev:N``; the script
 refuses to tune on anybody else) and then applied unchanged to reported persons. Raw records
@@ -267,7 +270,13 @@ def summarise_diag(diag: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
     """Means over persons and folds of each diagnostic."""
     rows = [f for folds in diag.values() for f in folds]
     keys = ("cosine", "norm_ratio", "heads_shared", "sigma_ratio")
-    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {"n_persons": len(diag)}
+    per_person = [float(np.mean([f["cosine"] for f in folds])) for folds in diag.values()]
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys} | {
+        "n_persons": len(diag),
+        "folds_opposed": sum(r["cosine"] < 0 for r in rows),
+        "n_folds": len(rows),
+        "persons_stable_0.5": sum(c >= 0.5 for c in per_person),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold-test", action="store_true", help="also the fold directions on test")
     ap.add_argument(
         "--diag-only", action="store_true", help="only the direction diagnostics (no reads)"
+    )
+    ap.add_argument(
+        "--diag-folds",
+        default=None,
+        help="with --diag-only: fold counts to compare, e.g. 3,5 (default: PAS's own)",
     )
     ap.add_argument("--data", default=None)
     ap.add_argument("--runs", default="runs")
@@ -305,13 +319,17 @@ def main(argv: list[str] | None = None) -> int:
             pas.setup(lm, ds)
             tids = test_items(ds.inventory, args.test_items)
             if args.diag_only:
-                diag = {}
-                for p in persons:
-                    rec = study_person(pas, lm, ds, p, grid, tids, False, False, diag_only=True)
-                    diag[p.id] = rec["diag"]
-                path = run / f"diag-{kind}.json"
-                write_json_atomic(path, diag)
-                print(json.dumps(summarise_diag(diag), indent=1))
+                ks = [int(k) for k in args.diag_folds.split(",")] if args.diag_folds else [0]
+                for k in ks:
+                    if k:
+                        pas.folds = k
+                    diag = {}
+                    for p in persons:
+                        rec = study_person(pas, lm, ds, p, grid, tids, False, False, diag_only=True)
+                        diag[p.id] = rec["diag"]
+                    path = run / (f"diag-{kind}-k{k}.json" if k else f"diag-{kind}.json")
+                    write_json_atomic(path, diag)
+                    print(json.dumps({"folds": pas.folds} | summarise_diag(diag), indent=1))
                 return 0
             for p in persons:
                 path = run / "persons" / f"{p.id}.json"
