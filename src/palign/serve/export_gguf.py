@@ -18,12 +18,15 @@ has the table):
   the attention output projection (``src/models/llama.cpp``, ``build_attn(..., wo, wo_b,
   ...)``); Ollama's own engine too (``model/models/llama/model.go``: ``attn_output`` is an
   ``nn.Linear`` whose optional bias is added). Exported.
-- ``qwen2``: its loader creates no ``attn_output.bias`` (``src/models/qwen2.cpp``,
-  ``load_arch_tensors``), and llama.cpp refuses a file with a tensor nobody created
+- ``qwen2``: its loader creates no ``attn_output.bias`` (``src/llama-model.cpp``,
+  ``load_tensors``, ``case LLM_ARCH_QWEN2``; ``load_arch_tensors`` in
+  ``src/models/qwen2.cpp`` in newer versions), and llama.cpp refuses a file with a tensor
+  nobody created
   (``done_getting_tensors: wrong number of tensors``). Refused (rewriting it as ``llama``
   would need NEOX -> NORM rope row permutations of the quantised Q/K weights).
-- ``gemma3``: the graph passes no output bias (``src/models/gemma3.cpp``,
-  ``build_attn(inp_attn, model.layers[il].wo, NULL, ...)``). Refused.
+- ``gemma3``: the loader creates no such tensor and the graph passes no output bias
+  (``src/models/gemma3.cpp``, ``build_attn(inp_attn, model.layers[il].wo, NULL, ...)``).
+  Refused.
 - anything else: refused (not checked).
 """
 
@@ -46,10 +49,11 @@ __all__ = ["GGUF_EXPORTABLE", "GGUF_REFUSED", "base_gguf", "export_gguf", "read_
 GGUF_EXPORTABLE = ("llama",)
 #: architectures checked and refused, with the reason
 GGUF_REFUSED = {
-    "qwen2": "llama.cpp's qwen2 loader creates no attn_output.bias (src/models/qwen2.cpp, "
-    "load_arch_tensors) and refuses a GGUF with an extra tensor",
-    "gemma3": "llama.cpp's gemma3 graph adds no attention output bias (src/models/gemma3.cpp "
-    "passes NULL to build_attn)",
+    "qwen2": "llama.cpp's qwen2 loader creates no attn_output.bias (src/llama-model.cpp "
+    "load_tensors, src/models/qwen2.cpp in newer versions) and refuses a GGUF with an extra "
+    "tensor",
+    "gemma3": "llama.cpp's gemma3 model neither loads nor adds an attention output bias "
+    "(src/models/gemma3.cpp passes NULL to build_attn)",
 }
 _BIAS = "blk.{}.attn_output.bias"
 _WEIGHT = "blk.{}.attn_output.weight"
