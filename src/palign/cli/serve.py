@@ -193,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         choices=("all",),
         help="export an adapter fitted at the last position anyway, steering all positions "
-        "(an o_proj bias cannot steer the last one only); recorded in palign_export.json",
+        "(an o_proj bias cannot steer the last one only); recorded in the export",
     )
     p.add_argument("--force", action="store_true", help="accept another base id/revision")
     p.add_argument(
