@@ -90,6 +90,7 @@ def palign_greedy(lm: Any, ids: list[int], u: torch.Tensor | None, n: int) -> li
 def llama_greedy(llm: Any, ids: list[int], n: int) -> list[int]:
     toks: list[int] = []
     eos = llm.token_eos()
+    llm.reset()  # a fresh KV cache per prompt (no prefix reuse across prompts)
     for t in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                           reset=True):  # fmt: skip
         toks.append(int(t))

@@ -204,6 +204,7 @@ def test_gguf_export_runs_in_llama_cpp_like_palign(smollm2: LoadedModel, tmp_pat
         d_plain = float((got - plain).abs().max())
         assert d_steered < d_plain / 4, (p, d_steered, d_plain)
         toks = []
+        llm.reset()
         for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
             if t == llm.token_eos() or len(toks) >= 16:
                 break
