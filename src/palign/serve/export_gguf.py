@@ -68,9 +68,9 @@ def base_gguf(spec: str) -> Path:
     from palign.models.registry import is_alias
 
     if is_alias(spec):
-        from palign.models.loading import SMOLLM2_ALIAS, alias_gguf
+        from palign.models.loading import alias_gguf
 
-        return alias_gguf(spec if spec.lower() != "default" else SMOLLM2_ALIAS)
+        return alias_gguf(spec)
     if str(spec).lower().endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
