@@ -77,6 +77,9 @@ def test_gguf_export_copies_the_base_and_adds_the_shift(
     assert fg["palign.person"] == "p-7" and fg["palign.alpha"] == pytest.approx(4.0)
     assert read_gguf_export(out)["person"] == "p-7" == rec["person"]
     assert rec["verification"]["bias_max_abs_diff"] == 0.0
+    modelfile = rec["ollama_modelfile"].splitlines()
+    assert modelfile[0] == "FROM ./p7.gguf"
+    assert modelfile[-1] == 'SYSTEM """You are p-7: calm and curious."""'
     # another alpha over an earlier export is allowed; over another file not
     export_gguf(adapter, out, model=smollm2, alpha=1.0)
     b0 = next(t for t in GGUFReader(str(out)).tensors if t.name == "blk.0.attn_output.bias")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from palign.cli.common import add_model_args, check_listen, emit, fmt_arg, serve_extra_missing
 from palign.errors import PalignError
@@ -101,8 +100,8 @@ def _export_gguf(args: argparse.Namespace) -> None:
         f"-> {rec['out']} ({rec['architecture']} GGUF, {rec['bias_tensors']} F32 "
         f"attn_output biases, {rec['bytes'] / 1e6:.0f} MB)\nchecked: base tensors byte-identical, "
         f"biases equal the shift (max |diff| {v['bias_max_abs_diff']:g})\n"
-        f"run it with llama.cpp (llama-server -m {rec['out']}) or Ollama (Modelfile: "
-        f"FROM ./{Path(rec['out']).name})"
+        f"run it with llama.cpp: llama-server -m {rec['out']}\n"
+        f"or Ollama, with this Modelfile beside it:\n{rec['ollama_modelfile'].rstrip()}"
     )
     emit(args, rec, human)
 

@@ -43,7 +43,14 @@ import numpy as np
 from palign import __version__
 from palign.errors import PalignError
 
-__all__ = ["GGUF_EXPORTABLE", "GGUF_REFUSED", "base_gguf", "export_gguf", "read_gguf_export"]
+__all__ = [
+    "GGUF_EXPORTABLE",
+    "GGUF_REFUSED",
+    "base_gguf",
+    "export_gguf",
+    "ollama_modelfile",
+    "read_gguf_export",
+]
 
 #: GGUF architectures whose llama.cpp model applies ``blk.N.attn_output.bias``
 GGUF_EXPORTABLE = ("llama",)
@@ -81,6 +88,25 @@ def base_gguf(spec: str) -> Path:
         "export a folder instead (--to folder) and convert it with llama.cpp's "
         "convert_hf_to_gguf.py"
     )
+
+
+def ollama_modelfile(gguf_name: str, system_prompt: str | None) -> str:
+    """An Ollama Modelfile for the export: ``FROM ./NAME`` and the personality's system prompt.
+
+    Ollama never runs a GGUF's Jinja chat template: ``ollama create`` picks the closest of its
+    own Go templates (``template.Named``: Levenshtein distance under 100, else the bare
+    prompt), so the default system turn written into ``tokenizer.chat_template`` does not
+    reach it; the Modelfile's ``SYSTEM`` line states it, and a ``TEMPLATE`` may be needed
+    (docs/serving.md).
+    """
+    lines = [
+        f"FROM ./{gguf_name}",
+        "# Ollama does not run the GGUF's Jinja template: add a TEMPLATE for the base model's "
+        "chat format if 'ollama show --template' is bare (see palign's docs/serving.md)",
+    ]
+    if system_prompt:
+        lines.append('SYSTEM """' + system_prompt.replace('"""', '\\"\\"\\"') + '"""')
+    return "\n".join(lines) + "\n"
 
 
 def _field(reader: Any, key: str) -> Any:
@@ -297,5 +323,6 @@ def export_gguf(
         if tmp.exists():
             tmp.unlink()
     record["out"] = str(dst)
+    record["ollama_modelfile"] = ollama_modelfile(dst.name, system_prompt)
     record["bytes"] = dst.stat().st_size
     return record
