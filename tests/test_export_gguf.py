@@ -38,8 +38,8 @@ def _fields(reader) -> dict:  # type: ignore[no-untyped-def]
 
 @pytest.mark.slow
 def test_gguf_export_copies_the_base_and_adds_the_shift(
-    smollm2: LoadedModel, tmp_path: Path
-) -> None:
+    smollm2: LoadedModel, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
     from gguf import GGMLQuantizationType, GGUFReader
 
     adapter = make_adapter(smollm2, tmp_path / "adapter", alpha=4.0)
@@ -47,8 +47,10 @@ def test_gguf_export_copies_the_base_and_adds_the_shift(
     cfg = json.loads(cfg_path.read_text())
     cfg["extra"]["system_prompt"] = "You are p-7: calm and curious."
     cfg_path.write_text(json.dumps(cfg))
-    out = tmp_path / "p7.gguf"
-    rec = export_gguf(adapter, out, model=smollm2)
+    out = tmp_path / "p7.gguf"  # the CLI: --to gguf implied by the file name
+    assert main(["export", "--adapter", str(adapter), "--out", str(out), "--format", "json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["out"] == str(out) and rec["format"] == "gguf" and rec["architecture"] == "llama"
     base = GGUFReader(str(alias_gguf("smollm2")))
     got = GGUFReader(str(out))
     u = load_adapter(adapter, smollm2).u_at(None).float().numpy()
@@ -138,18 +140,6 @@ def test_gguf_export_refuses_a_model_without_gguf(
     assert main([*argv, "--dtype", "float16"]) == 2
     assert "does not apply to --to gguf" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists() and not (tmp_path / "y.gguf").exists()
-
-
-@pytest.mark.slow
-def test_gguf_export_cli(smollm2: LoadedModel, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    adapter = make_adapter(smollm2, tmp_path / "adapter", alpha=4.0)
-    out = tmp_path / "p.gguf"
-    argv = ["export", "--adapter", str(adapter), "--out", str(out), "--format", "json"]
-    assert main(argv) == 0
-    rec = json.loads(capsys.readouterr().out)
-    assert rec["out"] == str(out) and rec["format"] == "gguf" and rec["architecture"] == "llama"
-    assert rec["verification"]["base_tensors_identical"] is True
-    assert read_gguf_export(out)["adapter"] == rec["adapter"]
 
 
 # --- llama.cpp (llama-cpp-python) ---------------------------------------------------------
