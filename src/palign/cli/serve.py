@@ -44,7 +44,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    """Bake one person into a standard model folder."""
+    """Bake one person into a standard model folder or a GGUF file."""
+    to = args.to or ("gguf" if str(args.out).lower().endswith(".gguf") else "folder")
+    if to == "gguf":
+        _export_gguf(args)
+        return
     from palign.serve.export import export_adapter
 
     rec = export_adapter(
@@ -69,6 +73,35 @@ def cmd_export(args: argparse.Namespace) -> None:
         f"exported person {rec['person']} (alpha {rec['alpha']:g}) of {rec['base_model']['id']} "
         f"-> {rec['out']} ({rec['exported_model_type']}, o_proj bias, {rec['dtype']})\n{check}\n"
         f"serve it with any HF-folder server, e.g.: vllm serve {rec['out']}"
+    )
+    emit(args, rec, human)
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from palign.serve.export_gguf import export_gguf
+
+    if args.dtype != "auto":
+        raise PalignError(
+            f"--dtype {args.dtype} does not apply to --to gguf: the base GGUF's tensors are "
+            "copied as they are (its quantisation kept); leave --dtype out"
+        )
+    rec = export_gguf(
+        args.adapter,
+        args.out,
+        model=args.model,
+        alpha=args.alpha,
+        device=args.device,
+        force=args.force,
+        steer_position=args.steer_position,
+    )
+    v = rec["verification"]
+    human = (
+        f"exported person {rec['person']} (alpha {rec['alpha']:g}) of {rec['base_model']['id']} "
+        f"-> {rec['out']} ({rec['architecture']} GGUF, {rec['bias_tensors']} F32 "
+        f"attn_output biases, {rec['bytes'] / 1e6:.0f} MB)\nchecked: base tensors byte-identical, "
+        f"biases equal the shift (max |diff| {v['bias_max_abs_diff']:g})\n"
+        f"run it with llama.cpp: llama-server -m {rec['out']}\n"
+        f"or Ollama, with this Modelfile beside it:\n{rec['ollama_modelfile'].rstrip()}"
     )
     emit(args, rec, human)
 
@@ -127,13 +160,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="one person as a standard Hugging Face model folder (for vLLM, TGI...)",
+        help="one person as a standard Hugging Face model folder (for vLLM, TGI...) or a GGUF "
+        "file (llama.cpp, Ollama, LM Studio)",
         description="Bake a PAS adapter into its base model as an o_proj bias (exact for "
-        "steering at all positions) and write a plain model folder; the result is checked "
-        "against the steered model.",
+        "steering at all positions) and write a plain model folder (checked against the "
+        "steered model), or, with --to gguf, a copy of the base model's GGUF with "
+        "blk.N.attn_output.bias tensors (Llama-architecture GGUFs only; see docs/serving.md).",
     )
     p.add_argument("--adapter", required=True, help="adapter folder written by 'palign align'")
-    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--out", required=True, help="model folder (or .gguf file) to write")
+    p.add_argument(
+        "--to",
+        default=None,
+        choices=("folder", "gguf"),
+        help="folder: a Hugging Face model folder; gguf: the base GGUF (alias or .gguf model) "
+        "plus attn_output biases, its quantisation kept (default: gguf when --out ends in "
+        ".gguf, else folder)",
+    )
     p.add_argument("--model", default=None, help="base model (default: the one recorded)")
     p.add_argument("--alpha", type=float, default=None, help="strength (default: fitted alpha)")
     p.add_argument("--device", default="cpu", help="where to load the base model (default cpu)")
@@ -141,17 +184,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--dtype",
         default="auto",
         choices=("auto", "bfloat16", "float16", "float32"),
-        help="weights dtype of the export (default auto: the base model's own; bfloat16 for a "
-        "quantised GGUF)",
+        help="weights dtype of a folder export (default auto: the base model's own; bfloat16 "
+        "for a quantised GGUF)",
     )
     p.add_argument(
         "--steer-position",
         default=None,
         choices=("all",),
         help="export an adapter fitted at the last position anyway, steering all positions "
-        "(an o_proj bias cannot steer the last one only); recorded in palign_export.json",
+        "(an o_proj bias cannot steer the last one only); recorded in the export",
     )
     p.add_argument("--force", action="store_true", help="accept another base id/revision")
-    p.add_argument("--no-verify", action="store_true", help="skip the logit comparison")
+    p.add_argument(
+        "--no-verify", action="store_true", help="skip the logit comparison (folder export)"
+    )
     fmt_arg(p)
     p.set_defaults(func=cmd_export)

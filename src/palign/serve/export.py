@@ -83,6 +83,27 @@ def _adapter_model_spec(folder: Path) -> str | None:
     return extra.get("model_spec") or (cfg.get("base_model") or {}).get("id")
 
 
+def check_position(
+    src: Path, pas: Any, steer_position: str | None, what: str = "an o_proj bias"
+) -> str:
+    """The position ``pas`` was fitted at; a ``last`` adapter is refused unless acknowledged.
+
+    Raises:
+        PalignError: fitted at ``last`` (or unrecorded) and ``steer_position`` is not "all".
+    """
+    from palign.chat import adapter_position
+
+    fitted = adapter_position(pas)
+    if fitted != "all" and steer_position != "all":
+        raise PalignError(
+            f"adapter {src} was fitted with steering at the {fitted} position only; {what} "
+            "steers every position, so the export would answer unlike palign serve. "
+            "Re-fit it with 'palign align --steer-position all', or pass --steer-position all "
+            "to export it at all positions anyway (recorded in the export)"
+        )
+    return fitted
+
+
 def _attention(model: nn.Module, o_proj: nn.Module) -> nn.Module:
     for mod in model.modules():
         if any(child is o_proj for child in mod.children()):
@@ -326,7 +347,7 @@ def export_adapter(
     """
     from transformers import AutoModelForCausalLM
 
-    from palign.chat import adapter_position, chat_ids
+    from palign.chat import chat_ids
 
     if steer_position not in (None, "all"):
         raise PalignError(
@@ -363,14 +384,7 @@ def export_adapter(
             want, dtype_source = getattr(torch, dtype), "--dtype"
         lm = load_model(model, device=device, dtype=str(want).replace("torch.", ""))
     pas = load_adapter(src, lm, force=force)
-    fitted = adapter_position(pas)
-    if fitted != "all" and steer_position != "all":
-        raise PalignError(
-            f"adapter {src} was fitted with steering at the {fitted} position only; an o_proj "
-            "bias steers every position, so the export would answer unlike palign serve. "
-            "Re-fit it with 'palign align --steer-position all', or pass --steer-position all "
-            "to export it at all positions anyway (recorded in the export)"
-        )
+    fitted = check_position(src, pas, steer_position)
     system_prompt = (pas.config.get("extra") or {}).get("system_prompt")
     template = _sys_template(lm.tokenizer, system_prompt)
     a = pas.alpha if alpha is None else float(alpha)
