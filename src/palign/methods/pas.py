@@ -140,7 +140,9 @@ class PAS(Method):
     ``selection_readout`` (logits | generate: the readout that scores alphas on held-out
     items; the harness sets it to the run's readout), ``alpha_early_stop`` (default True:
     the batched held-out search stops reading an alpha that already ranks behind a complete
-    one, see :meth:`select_alpha_many`; the chosen alpha is unchanged).
+    one, see :meth:`select_alpha_many`; the chosen alpha is unchanged),
+    ``share_lower_layers`` (default True: in the all-position readout, rows that differ only by
+    steering run the layers below the lowest steered layer once).
     """
 
     name = "pas"
@@ -166,6 +168,9 @@ class PAS(Method):
         # identity unless given, as it changes no chosen alpha
         self.early_stop = bool(o.get("alpha_early_stop", True))
         self.alpha_cuts: dict[str, dict[str, dict[str, Any]]] = {}  # person -> cut alphas
+        # rows that differ only by steering share the layers below the lowest steered layer
+        # (the all-position readout; palign.steering.share); not part of a run's identity
+        self.share_lower = bool(o.get("share_lower_layers", True))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
         self.probe_split = check_probe_split(str(o.get("probe_split", DEFAULT_PROBE_SPLIT)))
         from palign.models.readout import check_position
@@ -554,6 +559,7 @@ class PAS(Method):
                 steering=table,
                 kv_store=self.kv_store,
                 position=self.position,
+                share_lower=self.share_lower,
             )
             probs[steered] = out.probs[: len(steered)]
             for row, (key, idx) in zip(out.probs[len(steered) :], plain.items()):
@@ -688,6 +694,7 @@ class PAS(Method):
             "steer_position": self.position,
             "selection_readout": self.selection_readout,
             "alpha_early_stop": self.early_stop,
+            "share_lower_layers": self.share_lower,
             "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,
         }
 
