@@ -140,12 +140,13 @@ class _ReadContext:
         # lowest steered layer (palign.steering.share), where the decoder layers allow it
         self.share_arch: Any = None
         if share_lower and steering is not None and position == "all" and window is None:
+            from palign.errors import PalignError
             from palign.steering.arch import resolve_arch
             from palign.steering.share import can_share
 
             try:
                 arch = resolve_arch(model)
-            except Exception:  # an architecture steering resolves otherwise (o_proj_path)
+            except PalignError:  # an architecture steering resolves otherwise (o_proj_path)
                 arch = None
             if arch is not None and can_share(model, arch):
                 self.share_arch = arch
