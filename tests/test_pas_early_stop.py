@@ -158,3 +158,16 @@ def test_cli_flag_turns_the_stop_off() -> None:
     assert opts["alpha_early_stop"] is False
     assert PAS(MethodConfig(options=opts)).early_stop is False
     assert PAS(MethodConfig()).early_stop is True
+
+
+def test_ranks_behind_follows_the_choice_order() -> None:
+    from palign.steering.pas import ranks_behind
+
+    grid = [-1.0, 0.0, 2.0, 8.0]
+    complete = [False, True, False, False]
+    live = [True, True, True, True]
+    # equal running error: the smaller alpha -1 stays (it can still win the tie), 2 goes
+    assert ranks_behind(grid, [1.0, 1.0, 1.0, 0.5], complete, live) == [2]
+    assert ranks_behind(grid, [1.5, 1.0, 0.9, 3.0], complete, live) == [0, 3]
+    assert ranks_behind(grid, [1.0, 1.0, 1.0, 3.0], [False] * 4, live) == []  # none complete
+    assert ranks_behind(grid, [1.0, 1.0, 1.0, 3.0], complete, [True, True, True, False]) == [2]

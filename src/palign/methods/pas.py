@@ -398,6 +398,7 @@ class PAS(Method):
             fit_person,
             fold_assignment,
             layer_vectors_grid,
+            ranks_behind,
         )
 
         inv = dataset.inventory
@@ -479,15 +480,10 @@ class PAS(Method):
             for f in range(n_folds):
                 for s in state:  # cut what already ranks behind a complete alpha
                     nf = len(s["folds"])
-                    done = [i for i in range(n_a) if s["live"][i] and s["folds_read"][i] == nf]
-                    best = min(done, key=lambda i: (mean(s, i), self.grid[i]))
-                    for i in range(n_a):
-                        if (
-                            s["live"][i]
-                            and s["folds_read"][i] < nf
-                            and (mean(s, i), self.grid[i]) > (mean(s, best), self.grid[best])
-                        ):
-                            s["live"][i] = False
+                    done = [s["folds_read"][i] == nf for i in range(n_a)]
+                    means = [mean(s, i) for i in range(n_a)]
+                    for i in ranks_behind(self.grid, means, done, s["live"]):
+                        s["live"][i] = False
                 units = []
                 for pi, s in enumerate(state):
                     todo = [i for i in range(n_a) if s["live"][i] and s["folds_read"][i] == f]
