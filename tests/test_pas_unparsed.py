@@ -75,7 +75,8 @@ def test_select_alpha_many_equals_select_alpha(tiny_lm, tiny) -> None:
     many = _scripted_pas(tiny_lm, tiny, "generate")
     one = _scripted_pas(tiny_lm, tiny, "logits")
     person = tiny.persons[0]
-    ((alpha, errors),) = many.select_alpha_many(tiny_lm, tiny, [person])
+    # without the early stop (tested in test_pas_early_stop.py): every alpha's full error
+    ((alpha, errors),) = many.select_alpha_many(tiny_lm, tiny, [person], early_stop=False)
     res = one.fit_result(tiny_lm, tiny, person)
     assert errors == pytest.approx(res.validation_errors, abs=1e-12)
     assert alpha == res.alpha

@@ -98,6 +98,16 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
     g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
     g.add_argument(
+        "--no-alpha-early-stop",
+        dest="alpha_early_stop",
+        action="store_const",
+        const=False,
+        default=None,
+        help="read every alpha on every fold of the held-out search (default: stop reading an "
+        "alpha once it already ranks behind a complete one; the chosen alpha is the same, the "
+        "stopped alphas' errors are recorded as null with alpha_cuts)",
+    )
+    g.add_argument(
         "--steer-position",
         default=None,
         choices=("all", "last"),
@@ -147,6 +157,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
         "o_proj_path",
         "steer_position",
         "allow_dev_persons",
+        "alpha_early_stop",
     ):
         v = getattr(args, name, None)
         if v is not None:

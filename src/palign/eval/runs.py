@@ -134,6 +134,8 @@ def predict_aligned(
     batch_size: int = 32,
     progress: bool = False,
     kv_store: Any = None,
+    share_zero: bool = True,
+    share_lower: bool = True,
 ) -> list[dict[str, Any]]:
     """Ask every test item for every aligned person in one readout call.
 
@@ -145,6 +147,10 @@ def predict_aligned(
     Persons with a calibration (``Aligned.calibration``, the calibrated methods) answer with
     it, applied to the recorded ``probs`` (so it can be recomputed from the record); their
     argmax answers are kept as ``raw_answers``, and ``expected`` and ``probs`` stay raw.
+    ``share_zero`` (default): a zero steering vector (PAS at alpha 0) is read unsteered, so
+    such persons with equal prompts share reads; off, it is read as a steering row (the
+    same values; for measuring the saving). ``share_lower``: see
+    :func:`palign.models.readout.option_probs`.
     """
     import dataclasses
 
@@ -195,12 +201,16 @@ def predict_aligned(
         steer = None
         # a zero steering vector (PAS at alpha 0) changes nothing (x + 0 is exactly x): such a
         # person is read unsteered, so persons with equal prompts share those reads below
-        if a.steering is not None and bool(a.steering.any()):
+        if a.steering is not None and (bool(a.steering.any()) or not share_zero):
             steer = len(rows)
             rows.append(a.steering)
         requests += [ReadRequest(a.system_prompt, s, steer) for s in statements]
     table = torch.stack(rows) if rows else None
-    positions = {a.steer_position for a in aligned if a.steering is not None and a.steering.any()}
+    positions = {
+        a.steer_position
+        for a in aligned
+        if a.steering is not None and (bool(a.steering.any()) or not share_zero)
+    }
     if len(positions) > 1:
         raise PalignError(
             "persons of one readout call must share a steering position; got "
@@ -223,6 +233,7 @@ def predict_aligned(
             progress=progress,
             kv_store=kv_store,
             position=position,
+            share_lower=share_lower,
         )
     elif readout == "generate":
         out = generate_answers(
@@ -415,6 +426,7 @@ def eval_chunk(
         cfg.readout,
         cfg.batch_size,
         kv_store=getattr(method, "kv_store", None),
+        share_lower=bool(getattr(method, "share_lower", True)),
     )
     for r, a in zip(recs, aligned):
         r["info"] = a.info

@@ -138,7 +138,11 @@ class PAS(Method):
     ``steer_position`` (all | last: the shift at every position of every forward, the
     paper's o_proj bias and the default, or only at the last position, the fast variant),
     ``selection_readout`` (logits | generate: the readout that scores alphas on held-out
-    items; the harness sets it to the run's readout).
+    items; the harness sets it to the run's readout), ``alpha_early_stop`` (default True:
+    the batched held-out search stops reading an alpha that already ranks behind a complete
+    one, see :meth:`select_alpha_many`; the chosen alpha is unchanged),
+    ``share_lower_layers`` (default True: in the all-position readout, rows that differ only by
+    steering run the layers below the lowest steered layer once).
     """
 
     name = "pas"
@@ -160,6 +164,13 @@ class PAS(Method):
         self.alpha = o.get("alpha")
         self.folds = int(o.get("folds", DEFAULT_FOLDS))
         self.batch_size = int(o.get("batch_size", 32))
+        # the held-out search's early stop (exact; select_alpha_many); not part of a run's
+        # identity unless given, as it changes no chosen alpha
+        self.early_stop = bool(o.get("alpha_early_stop", True))
+        self.alpha_cuts: dict[str, dict[str, dict[str, Any]]] = {}  # person -> cut alphas
+        # rows that differ only by steering share the layers below the lowest steered layer
+        # (the all-position readout; palign.steering.share); not part of a run's identity
+        self.share_lower = bool(o.get("share_lower_layers", True))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
         self.probe_split = check_probe_split(str(o.get("probe_split", DEFAULT_PROBE_SPLIT)))
         from palign.models.readout import check_position
@@ -291,7 +302,9 @@ class PAS(Method):
         rule = self._tuned_rule(person)
         if rule is not None:
             errors = (
-                self.select_alpha_many(lm, dataset, [person])[0][1] if rule.needs_heldout else {}
+                self.select_alpha_many(lm, dataset, [person], early_stop=False)[0][1]
+                if rule.needs_heldout
+                else {}
             )
             res = fit_pas(
                 self.acts,
@@ -306,7 +319,7 @@ class PAS(Method):
             return res
         if self.selection in ("heldout", "tuned") and self.selection_readout == "generate":
             # the same rule as select_alpha (unparsed = error 4), all folds in one readout each
-            ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person])
+            ((alpha, errors),) = self.select_alpha_many(lm, dataset, [person], early_stop=False)
             res = fit_pas(
                 self.acts,
                 answers,
@@ -351,14 +364,32 @@ class PAS(Method):
         res.u = alpha * res.u_unit
         return res
 
+    def _argmin_rule(self) -> bool:
+        """Whether the alpha is the plain argmin of the held-out errors over the whole grid
+        (``heldout``, or ``tuned`` with no rule for this model): the early stop is exact then."""
+        return self.selection == "heldout" or (self.selection == "tuned" and self.rule is None)
+
     def select_alpha_many(
-        self, lm: LoadedModel, dataset: Dataset, persons: list[Person]
+        self,
+        lm: LoadedModel,
+        dataset: Dataset,
+        persons: list[Person],
+        early_stop: bool | None = None,
     ) -> list[tuple[float, dict[float, float]]]:
         """Held-out alpha selection for several persons at once.
 
         The same computation as :func:`palign.steering.pas.select_alpha` per person (same
         folds, refits and errors), but fold ``f`` of every person is scored in one readout
         call, so persons share forward passes.
+
+        ``early_stop`` (default: the ``alpha_early_stop`` option, on, where the alpha is the
+        argmin over the whole grid): the anchor alpha (0 where the grid has it, else the
+        grid's first) is read on every fold first; then fold by fold the other alphas, and
+        an alpha whose running sum of held-out errors already ranks behind a complete alpha's
+        total (``(error, alpha)`` compared as the choice does: larger error, or equal error
+        and larger alpha; errors only grow) is not read on the remaining folds. The chosen
+        alpha is the one without the stop; a cut alpha's error is NaN (``None`` in results)
+        and :attr:`alpha_cuts` records what was read of it per person.
         """
         from palign.models.readout import ReadRequest
         from palign.steering.pas import (
@@ -367,11 +398,15 @@ class PAS(Method):
             fit_person,
             fold_assignment,
             layer_vectors_grid,
+            ranks_behind,
         )
 
         inv = dataset.inventory
         shown = inv.shown_ids
         n_a = len(self.grid)
+        if early_stop is None:
+            early_stop = self.early_stop and self._argmin_rule()
+        early_stop = bool(early_stop) and n_a > 1
         state = []
         for p in persons:
             a = _answers_tensor(np.nan_to_num(p.answer_vector(inv, shown, self.config.semantics)))
@@ -379,47 +414,104 @@ class PAS(Method):
             ids = [shown[i] for i in answered.tolist()]
             folds = fold_assignment(answered.numel(), self.folds, self.config.seed, ids)
             state.append(
-                (p, a, answered, folds, torch.zeros(n_a, dtype=torch.float64), torch.zeros(n_a))
+                {
+                    "person": p,
+                    "a": a,
+                    "answered": answered,
+                    "folds": folds,
+                    "fits": {},
+                    "total": torch.zeros(n_a, dtype=torch.float64),
+                    "count": [0] * n_a,
+                    "folds_read": [0] * n_a,
+                    "live": [True] * n_a,
+                }
             )
-        for f in range(max(len(s[3]) for s in state)):
+
+        def read(units: list[tuple[int, int, list[int]]]) -> None:
+            """Read (person, fold, alpha indices) units in one readout call; add the errors."""
             rows: list[torch.Tensor] = []
             reqs: list[ReadRequest] = []
             spans = []
-            for p, a, answered, folds, total, count in state:
-                if f >= len(folds):
-                    continue
-                held = answered[torch.tensor(folds[f], dtype=torch.long)]
-                train = a.clone()
-                train[held] = 0.0
-                fit = fit_person(
-                    self.acts,
-                    train,
-                    **self._fit_kw(),
-                )
-                u = layer_vectors_grid(fit, self.grid, self.arch)
+            for pi, f, alphas in units:
+                s = state[pi]
+                held = s["answered"][torch.tensor(s["folds"][f], dtype=torch.long)]
+                if f not in s["fits"]:
+                    train = s["a"].clone()
+                    train[held] = 0.0
+                    s["fits"][f] = fit_person(self.acts, train, **self._fit_kw())
+                u = layer_vectors_grid(s["fits"][f], [self.grid[i] for i in alphas], self.arch)
                 hidden_ids = {shown[i] for i in held.tolist()}
-                sys_prompt = self.system_prompt(dataset, p, hidden_ids)
+                sys_prompt = self.system_prompt(dataset, s["person"], hidden_ids)
                 base, start = len(rows), len(reqs)
                 rows += list(u)
                 statements = [inv.statement(inv.item(shown[i])) for i in held.tolist()]
                 reqs += [
-                    ReadRequest(sys_prompt, st, base + k) for k in range(n_a) for st in statements
+                    ReadRequest(sys_prompt, st, base + k)
+                    for k in range(len(alphas))
+                    for st in statements
                 ]
-                spans.append((total, count, a[held], start, len(statements)))
+                spans.append((s, alphas, s["a"][held], start, len(statements)))
+            if not reqs:
+                return
             out = self._read(lm, reqs, torch.stack(rows))
-            for total, count, truth, start, n in spans:
-                pred = out.answers[start : start + n_a * n].reshape(n_a, n)
+            for s, alphas, truth, start, n in spans:
+                pred = out.answers[start : start + len(alphas) * n].reshape(len(alphas), n)
                 # as in select_alpha: an unparsed answer (generate readout) counts as the
                 # maximal error 4, so an alpha cannot win on the few items it still parses
-                total += _errors(pred, truth.double(), n_a).sum(dim=1)
-                count += n
+                err = _errors(pred, truth.double(), len(alphas)).sum(dim=1)
+                for j, i in enumerate(alphas):
+                    s["total"][i] += err[j]
+                    s["count"][i] += n
+                    s["folds_read"][i] += 1
+
+        def mean(s: dict[str, Any], i: int) -> float:
+            n = s["answered"].numel()
+            return float(s["total"][i] / n) if n > 0 else float("inf")
+
+        n_folds = max(len(s["folds"]) for s in state)
+        if not early_stop:
+            for f in range(n_folds):
+                read(
+                    [(pi, f, list(range(n_a))) for pi, s in enumerate(state) if f < len(s["folds"])]
+                )
+        else:
+            anchor = self.grid.index(0.0) if 0.0 in self.grid else 0
+            read([(pi, f, [anchor]) for pi, s in enumerate(state) for f in range(len(s["folds"]))])
+            for f in range(n_folds):
+                for s in state:  # cut what already ranks behind a complete alpha
+                    nf = len(s["folds"])
+                    done = [s["folds_read"][i] == nf for i in range(n_a)]
+                    means = [mean(s, i) for i in range(n_a)]
+                    for i in ranks_behind(self.grid, means, done, s["live"]):
+                        s["live"][i] = False
+                units = []
+                for pi, s in enumerate(state):
+                    todo = [i for i in range(n_a) if s["live"][i] and s["folds_read"][i] == f]
+                    if f < len(s["folds"]) and todo:
+                        units.append((pi, f, todo))
+                read(units)
         result = []
-        for *_, total, count in state:
+        for s in state:
             errors = {
-                al: float(total[i] / count[i]) if count[i] > 0 else float("inf")
-                for i, al in enumerate(self.grid)
+                al: (mean(s, i) if s["live"][i] else float("nan")) for i, al in enumerate(self.grid)
             }
-            result.append((min(self.grid, key=lambda al: (errors[al], al)), errors))
+            cuts = {
+                format(al, "g"): {
+                    "folds_read": s["folds_read"][i],
+                    "items_read": s["count"][i],
+                    "partial_error": (
+                        round(float(s["total"][i] / s["count"][i]), 4) if s["count"][i] else None
+                    ),
+                }
+                for i, al in enumerate(self.grid)
+                if not s["live"][i]
+            }
+            if cuts:
+                self.alpha_cuts[s["person"].id] = cuts
+            else:
+                self.alpha_cuts.pop(s["person"].id, None)
+            live = [al for i, al in enumerate(self.grid) if s["live"][i]]
+            result.append((min(live, key=lambda al: (errors[al], al)), errors))
         return result
 
     def _read(self, lm: LoadedModel, reqs: list[Any], table: torch.Tensor) -> Any:
@@ -463,6 +555,7 @@ class PAS(Method):
                 steering=table,
                 kv_store=self.kv_store,
                 position=self.position,
+                share_lower=self.share_lower,
             )
             probs[steered] = out.probs[: len(steered)]
             for row, (key, idx) in zip(out.probs[len(steered) :], plain.items()):
@@ -569,6 +662,9 @@ class PAS(Method):
                 )
         elif self.selection == "tuned":
             info["alpha_rule"] = None  # no rule for this model: held-out search
+        if person.id in self.alpha_cuts and res.alpha_selection == "heldout-kfold":
+            # alphas the held-out search stopped reading (their validation_errors are None)
+            info["alpha_cuts"] = self.alpha_cuts[person.id]
         info["steer_position"] = self.position
         return Aligned(
             person.id,
@@ -593,6 +689,8 @@ class PAS(Method):
             "probe_split": self.probe_split,
             "steer_position": self.position,
             "selection_readout": self.selection_readout,
+            "alpha_early_stop": self.early_stop,
+            "share_lower_layers": self.share_lower,
             "activation_system_prompt": NEUTRAL_SYSTEM_PROMPT,
         }
 

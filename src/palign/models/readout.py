@@ -199,6 +199,7 @@ def option_probs(
     progress: bool = False,
     kv_store: KVStore | None = None,
     position: str = "all",
+    share_lower: bool = True,
 ) -> Readout:
     """Probabilities of the options A..E for each request (one forward per item).
 
@@ -213,6 +214,9 @@ def option_probs(
             steered requests only; default: a store for this call).
         position: ``"all"`` (default, the paper's: every position of every forward, as an
             ``o_proj`` bias) or ``"last"`` (the last position of each forward; faster).
+        share_lower: ``"all"`` position: rows that differ only by steering run the layers
+            below the lowest steered layer once (:mod:`palign.steering.share`, forward
+            hooks; where the model's decoder layers allow it, not on sliding-window models).
 
     Returns:
         A :class:`Readout` with ``probs`` (n, 5), ``answers`` (argmax mapped to 5..1) and
@@ -235,7 +239,17 @@ def option_probs(
     probs = np.zeros((len(requests), 5))
     bar = _progress(len(requests), progress, "option probs")
     ctx = _ReadContext(
-        model, device, mdtype, pad_id, cache_kw, keep_kw, opt_ids, steering, position, window
+        model,
+        device,
+        mdtype,
+        pad_id,
+        cache_kw,
+        keep_kw,
+        opt_ids,
+        steering,
+        position,
+        window,
+        share_lower=share_lower,
     )
     with torch.no_grad():
         for system_prompt, idx in _groups(requests).items():

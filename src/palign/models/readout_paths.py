@@ -132,9 +132,24 @@ class _ReadContext:
         steering: torch.Tensor | None,
         position: str = "last",
         window: int | None = None,
+        share_lower: bool = False,
     ) -> None:
         self.model, self.device, self.mdtype, self.pad_id = model, device, mdtype, pad_id
         self.position = position
+        # all-position steering: rows that differ only by steering share the layers below the
+        # lowest steered layer (palign.steering.share), where the decoder layers allow it
+        self.share_arch: Any = None
+        if share_lower and steering is not None and position == "all" and window is None:
+            from palign.errors import PalignError
+            from palign.steering.arch import resolve_arch
+            from palign.steering.share import can_share
+
+            try:
+                arch = resolve_arch(model)
+            except PalignError:  # an architecture steering resolves otherwise (o_proj_path)
+                arch = None
+            if arch is not None and can_share(model, arch):
+                self.share_arch = arch
         # sliding-window models: caches keep every token (a cropped prefix cannot be shared)
         self.window, self.full_cache = window, window is not None
         self.kv_bytes_per_token = _kv_bytes_per_token(model, mdtype)
@@ -272,9 +287,13 @@ class _ReadContext:
                 ids = torch.tensor([prefix], device=self.device)
                 lo = 0
                 for sub in _chunks(rgroup, sub_rows):
-                    with _maybe_steer(self.model, self._u(sub), "all"):
+                    u = self._u(sub)
+                    low = self._shared_layer(u, 1, len(sub))
+                    # shared: the prefix once (batch 1) below the lowest steered layer; the
+                    # layers below then hold 1 row, broadcast into the group's tensors
+                    with self._share(low, [0] * len(sub), 1), _maybe_steer(self.model, u, "all"):
                         out = self.model(
-                            input_ids=ids.expand(len(sub), -1),
+                            input_ids=ids if low else ids.expand(len(sub), -1),
                             use_cache=True,
                             **{self.cache_kw: self.new_cache()},
                             **self.keep_kw,
@@ -293,18 +312,33 @@ class _ReadContext:
                     del out  # the forward's own cache, before the next one is built
             where = {r: j for j, r in enumerate(rgroup)}
             keys = [k for k in uniq if k[1] in where]
-            keys.sort(key=lambda k: -len(seqs[k[0]]))
+            if self.share_arch is not None:  # a statement's rows side by side, to share them
+                first = {st: j for j, st in enumerate(dict.fromkeys(k[0] for k in keys))}
+                keys.sort(key=lambda k: (-len(seqs[k[0]]), first[k[0]]))
+            else:
+                keys.sort(key=lambda k: -len(seqs[k[0]]))
             for chunk in self.chunks(keys, size, lambda k: len(seqs[k[0]]), longest):
-                ids, smask = _left_pad([seqs[k[0]] for k in chunk], self.pad_id, self.device)
+                u = self._u([k[1] for k in chunk])
+                sts = list(dict.fromkeys(k[0] for k in chunk))
+                low = self._shared_layer(u, len(sts), len(chunk)) if plen else None
+                # shared: each statement once below the lowest steered layer, then per row
+                fed = sts if low else [k[0] for k in chunk]
+                ids, smask = _left_pad([seqs[st] for st in fed], self.pad_id, self.device)
                 b = ids.shape[0]
                 kwargs: dict[str, Any] = dict(self.keep_kw)
                 if plen:
                     sel = torch.tensor([where[k[1]] for k in chunk], device=self.device)
-                    kwargs[self.cache_kw] = _indexed_cache(self.model, kv, sel, self.full_cache)
+                    rep = None
+                    if low:  # below `low` every row of this chunk holds the unsteered prefix
+                        rep = sel[[[k[0] for k in chunk].index(st) for st in sts]]
+                    kwargs[self.cache_kw] = _indexed_cache(
+                        self.model, kv, sel, self.full_cache, low=(low, rep) if low else None
+                    )
                 ones = torch.ones((b, plen), dtype=smask.dtype, device=self.device)
                 attn = torch.cat([ones, smask], dim=1)
                 pos = plen + (smask.cumsum(dim=1) - 1).clamp(min=0)
-                with _maybe_steer(self.model, self._u([k[1] for k in chunk]), "all"):
+                index = [sts.index(k[0]) for k in chunk] if low else []
+                with self._share(low, index, len(sts)), _maybe_steer(self.model, u, "all"):
                     out = self.model(
                         input_ids=ids,
                         attention_mask=attn,
@@ -316,6 +350,24 @@ class _ReadContext:
                 del out, kwargs  # this forward's cache, before the next chunk's is built
             del kv
         return len(uniq)
+
+    def _shared_layer(self, u: torch.Tensor | None, n_src: int, n_rows: int) -> int | None:
+        """The layer from which ``n_rows`` rows fed as ``n_src`` distinct ones split, or
+        None where nothing is shared (no sharing, nothing to share, or steering at layer 0)."""
+        if self.share_arch is None or n_src >= n_rows:
+            return None
+        from palign.steering.share import lowest_steered_layer
+
+        low = lowest_steered_layer(u)
+        return low if low else None
+
+    def _share(self, low: int | None, index: Sequence[int], n_src: int) -> Any:
+        if not low:
+            return contextlib.nullcontext()
+        from palign.steering.share import share_below
+
+        idx = torch.tensor(list(index), dtype=torch.long, device=self.device)
+        return share_below(self.model, self.share_arch, low, idx, n_src)
 
     def rows_for(self, length: int, cap: int, budget: int | None = None) -> int:
         """Rows (at most ``cap``, at least 1) whose caches of ``length`` tokens each fit
@@ -490,11 +542,14 @@ def _indexed_cache(
     kv: list[tuple[torch.Tensor, torch.Tensor]],
     rows: torch.Tensor | None,
     full: bool = False,
+    low: tuple[int, torch.Tensor] | None = None,
 ) -> Any:
-    """A new DynamicCache holding rows ``rows`` of the given per-layer keys/values."""
+    """A new DynamicCache holding rows ``rows`` of the given per-layer keys/values; with
+    ``low = (layer, rows_below)``, the layers below ``layer`` hold rows ``rows_below``."""
     cache = _new_cache(model, full)
     for i, (k, v) in enumerate(kv):
-        if rows is not None:
-            k, v = k.index_select(0, rows), v.index_select(0, rows)
+        take = low[1] if low is not None and i < low[0] else rows
+        if take is not None:
+            k, v = k.index_select(0, take), v.index_select(0, take)
         cache.update(k, v, i)
     return cache

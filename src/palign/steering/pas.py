@@ -62,6 +62,7 @@ __all__ = [
     "layer_vectors",
     "layer_vectors_grid",
     "oracle_alpha",
+    "ranks_behind",
     "select_alpha",
     "shifts",
     "unit_layer_vectors",
@@ -504,6 +505,28 @@ def select_alpha(
     errors = {al: float(total[i] / count) for i, al in enumerate(alphas)}
     best = min(alphas, key=lambda al: (errors[al], al))
     return best, errors
+
+
+def ranks_behind(
+    grid: Sequence[float], running: Sequence[float], complete: Sequence[bool], live: Sequence[bool]
+) -> list[int]:
+    """Alphas of an ongoing held-out search that can no longer be chosen.
+
+    ``running[i]``: alpha ``grid[i]``'s error so far (the final error's formula over the items
+    read so far; non-negative terms, so it only grows); ``complete[i]``: every fold read. The
+    choice is the minimum of ``(error, alpha)`` (ties to the smaller alpha); an incomplete live
+    alpha whose ``(running, alpha)`` is already greater than the best complete live alpha's
+    can only end greater, so it is returned. An alpha smaller than that best with an equal
+    running error is kept: it could still win the tie.
+    """
+    done = [i for i in range(len(grid)) if live[i] and complete[i]]
+    if not done:
+        return []
+    best = min(done, key=lambda i: (running[i], grid[i]))
+    bar = (running[best], grid[best])
+    return [
+        i for i in range(len(grid)) if live[i] and not complete[i] and (running[i], grid[i]) > bar
+    ]
 
 
 def oracle_alpha(
