@@ -88,13 +88,16 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     emit(args, res, human)
 
 
-def _backend(args: argparse.Namespace) -> Any:
+def _backend(args: argparse.Namespace, model: str | None = None, url: str | None = None) -> Any:
+    """The judge (or generator) backend of ``model`` at ``url`` (default: the judge flags)."""
     from palign.judge.client import CachedJudge, LocalJudge, OpenAIJudge
 
-    if args.base_url:
+    if model is None:
+        model, url = args.judge_model, args.base_url
+    if url:
         backend: Any = OpenAIJudge(
-            args.judge_model,
-            args.base_url,
+            model,
+            url,
             concurrency=args.concurrency,
             retries=args.retries,
             timeout=args.timeout,
@@ -103,7 +106,7 @@ def _backend(args: argparse.Namespace) -> Any:
     else:
         from palign.models.loading import load_model
 
-        lm = load_model(args.judge_model, device=args.device, dtype=args.dtype)
+        lm = load_model(model, device=args.device, dtype=args.dtype)
         backend = LocalJudge(lm, batch_size=args.batch_size)
     if args.no_cache:
         return backend
@@ -124,9 +127,9 @@ def _score_table(res: dict[str, Any]) -> str:
 
 def cmd_judge(args: argparse.Namespace) -> None:
     """Rate generations on the 1-6 rubric (or compare two folders pairwise)."""
-    from palign.judge.run import judge_generations, judge_pairwise
+    from palign.judge.run import WEIGHTED_AT, judge_generations, judge_pairwise
 
-    if args.max_tokens < 1 or args.temperature < 0:
+    if (args.max_tokens is not None and args.max_tokens < 1) or args.temperature < 0:
         raise PalignError("--max-tokens must be at least 1 and --temperature >= 0")
     judge = _backend(args)
     kw = {
@@ -157,15 +160,17 @@ def cmd_judge(args: argparse.Namespace) -> None:
             f"{res['requests']['errors']}) -> {res['items_file']}"
         )
     else:
-        res = judge_generations(args.dir, judge, **kw)
+        res = judge_generations(args.dir, judge, protocol=args.protocol, **kw)
         req = res["requests"]
+        resolved = ", ".join(res["judge"]["resolved_models"]) or "-"
         human = (
-            f"judge {res['judge']['model']} ({res['judge']['kind']}) on {args.dir}: "
-            f"{res['n_items']} items, rubric {res['prompts']['rubric_version']}, temperature "
-            f"{args.temperature:g}\n\n"
+            f"judge {res['judge']['model']} ({res['judge']['kind']}; answered by {resolved}) on "
+            f"{args.dir}: {res['n_items']} items, protocol {args.protocol}, rubric "
+            f"{res['prompts']['rubric_version']}, temperature {args.temperature:g}\n\n"
             + _score_table(res)
             + "\n\nscore = the clean-parsed choice 1-6 (unparsed excluded); weighted = sum k*p_k "
-            "over the six choices at the final choice token (log-probabilities; '-' where none)."
+            f"over the six choices at {WEIGHTED_AT[args.protocol]} (log-probabilities; '-' "
+            "where none)."
             f"\nunparsed rate {_f(res['unparsed_rate'], 3)}; requests {req['total']} (cached "
             f"{req['cached']}, errors {req['errors']}); {_f(res['timings']['judge_s'])} s "
             f"-> {res['items_file']}"
@@ -189,6 +194,50 @@ def cmd_agreement(args: argparse.Namespace) -> None:
         f"{_f(res['spearman_weighted'], 3)}"
     )
     emit(args, res, human)
+
+
+def _add_judge_args(p: argparse.ArgumentParser) -> None:
+    """The judge's protocol, sampling, endpoint and local-model options."""
+    from palign.judge.client import DEFAULT_TIMEOUT
+    from palign.judge.prompts import PROTOCOLS
+
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="score-first",
+        help="score-first (default): the reply starts with the digit, the weighted score is "
+        "read there; reasoning: the paper's prompt (reasoning, then the choice on its own "
+        "line, repeated), the weighted score read at the first bare choice",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="judgement length limit (default 16 for score-first, 512 for reasoning and "
+        "pairwise)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
+    p.add_argument(
+        "--no-logprobs",
+        action="store_true",
+        help="do not ask for log-probabilities (endpoints that reject them)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds per request (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled per retry"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="local models: prompts per batch")
+    p.add_argument("--device", default="auto", help="local models: auto, cpu, cuda...")
+    p.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16...")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -281,26 +330,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="pairwise: data folder for the persons' profiles (default: the run's)",
     )
-    p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
-    p.add_argument(
-        "--max-tokens", type=int, default=512, help="judgement length limit (default 512)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
-    p.add_argument(
-        "--no-logprobs",
-        action="store_true",
-        help="do not ask for log-probabilities (endpoints that reject them)",
-    )
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled per retry"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="local judge: prompts per batch")
-    p.add_argument("--device", default="auto", help="local judge: auto, cpu, cuda...")
-    p.add_argument("--dtype", default="auto", help="local judge: auto, float32, bfloat16...")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_judge_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     fmt_arg(p)
     p.set_defaults(func=cmd_judge)
