@@ -284,6 +284,7 @@ def test_parse_rules() -> None:
     # score-first: the reply starts with the digit
     assert parse_score("4") == 4 and parse_score(" **5** because") == 5
     assert parse_score("3\nThe response...") == 3 and parse_score("6.") == 6
+    assert parse_score("\"2\"") == 2  # quoted, as the prompt shows the digits
     for bad in ("Score: 4", "45", "4.5", "7", "The answer is 4", "", None):
         assert parse_score(bad) is None, bad
     # where the choice is read: score-first the first character, reasoning the first bare line
@@ -385,9 +386,9 @@ def test_scores_intervals_logprobs_and_cache(
     # the weighted score is not the sampled choice: the distribution is not a point mass
     assert all(abs(i["weighted"] - i["score"]) > 0.1 for i in scored)
     assert all(i["judge_model"] == "judge-a" for i in items)
-    assert json.loads((folder / "judge" / f"{stem}.json").read_text())["judge"][
-        "api_key_env"
-    ] == ("PALIGN_JUDGE_API_KEY")
+    assert json.loads((folder / "judge" / f"{stem}.json").read_text())["judge"]["api_key_env"] == (
+        "PALIGN_JUDGE_API_KEY"
+    )
     # cache: a second run sends no request and gives the same numbers
     n = len(state.requests)
     res2 = judge_generations(folder, _judge(url), protocol=protocol, progress=False)

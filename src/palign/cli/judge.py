@@ -1,4 +1,5 @@
-"""``palign generate-eval``, ``palign judge`` and ``palign judge-agreement``."""
+"""``palign generate-eval``, ``palign judge``, ``palign judge-validate`` and
+``palign judge-agreement``."""
 
 from __future__ import annotations
 
@@ -196,6 +197,71 @@ def cmd_agreement(args: argparse.Namespace) -> None:
     emit(args, res, human)
 
 
+def cmd_judge_validate(args: argparse.Namespace) -> None:
+    """Known-answer texts (written by a generator at each stance 1..5) read by a judge."""
+    from palign.data import check_inventory, load_dataset
+    from palign.judge.validate import (
+        ValidateConfig,
+        generate_texts,
+        judge_texts,
+        markdown_table,
+        report,
+    )
+
+    check_inventory(args.inventory)
+    if args.items < 1 or args.gen_max_tokens < 1 or args.batch_size < 1:
+        raise PalignError("--items, --gen-max-tokens and --batch-size must be at least 1")
+    if args.gen_temperature < 0 or args.temperature < 0:
+        raise PalignError("--gen-temperature and --temperature must be >= 0")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise PalignError("--max-tokens must be at least 1")
+    ds = load_dataset(args.data, args.inventory)
+    cfg = ValidateConfig(
+        generator=args.generator,
+        generator_base_url=args.generator_base_url,
+        inventory=args.inventory,
+        items=args.items,
+        seed=args.seed,
+        max_new_tokens=args.gen_max_tokens,
+        temperature=args.gen_temperature,
+        batch_size=args.batch_size,
+        data=args.data,
+    )
+    gen = _backend(args, args.generator, args.generator_base_url)
+    texts = generate_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
+    judge = gen
+    if (args.judge_model, args.base_url) != (args.generator, args.generator_base_url):
+        judge = _backend(args)
+    res = judge_texts(
+        args.out,
+        judge,
+        name=args.name,
+        protocol=args.protocol,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        logprobs=not args.no_logprobs,
+        progress=not args.quiet,
+    )
+    res["n_statements"] = len({t["item"] for t in texts})
+    res["all_judges"] = [
+        {k: d[k] for k in ("name", "protocol", "n_texts", "spearman", "exact_agreement")}
+        for d in report(args.out)
+    ]
+    req = res["requests"]
+    human = (
+        f"{res['n_statements']} statements x 5 stances written by {args.generator} "
+        f"-> {args.out}/texts.jsonl\n"
+        f"judge {res['judge']['model']} ({args.protocol}) read them: requests {req['total']} "
+        f"(cached {req['cached']}, errors {req['errors']}) -> {res['items_file']}\n\n"
+        + markdown_table(report(args.out))
+        + "\n\nSpearman, exact, within one and MAE compare the judge's 1-5 reading with the "
+        "instructed stance (parsed readings only); weighted = sum k*p_k at the reading's "
+        "position."
+    )
+    emit(args, res, human)
+
+
 def _add_judge_args(p: argparse.ArgumentParser) -> None:
     """The judge's protocol, sampling, endpoint and local-model options."""
     from palign.judge.client import DEFAULT_TIMEOUT
@@ -214,8 +280,7 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
         "--max-tokens",
         type=int,
         default=None,
-        help="judgement length limit (default 16 for score-first, 512 for reasoning and "
-        "pairwise)",
+        help="judgement length limit (default 16 for score-first, 512 for reasoning and pairwise)",
     )
     p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
     p.add_argument(
@@ -241,7 +306,7 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add generate-eval, judge and judge-agreement to the parser."""
+    """Add generate-eval, judge, judge-validate and judge-agreement to the parser."""
     p = sub.add_parser(
         "generate-eval",
         help="aligned free-text answers to open questions about the test statements",
@@ -334,6 +399,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     fmt_arg(p)
     p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser(
+        "judge-validate",
+        help="measure a judge on known answers: texts written at each stance 1..5, read back",
+        description="For --items test statements (a sample seeded by --seed) and each of the "
+        "five Likert levels, a generator model (--generator: a palign model in-process, or the "
+        "model name at --generator-base-url) writes a short first-person text taking that "
+        "stance (instruction and text recorded in OUT/texts.jsonl; rerunning resumes). The "
+        "judge (--judge-model, with --base-url for an OpenAI-compatible endpoint) reads each "
+        "text's stance 1..5 without the instruction; the output is Spearman, exact and "
+        "within-one agreement with the instructed level, per judge (every judge run on OUT is "
+        "in the table). --seed seeds the statement sample, the texts' sampling and the judge. Writes "
+        "OUT/judge/<name>.jsonl and .json.",
+    )
+    p.add_argument("--out", required=True, help="folder of the known-answer set")
+    p.add_argument(
+        "--generator",
+        required=True,
+        help="the model writing the texts: a palign model spec (alias, hub id, folder, .gguf), "
+        "or the model name at --generator-base-url",
+    )
+    p.add_argument(
+        "--generator-base-url",
+        default=None,
+        help="OpenAI-compatible endpoint of the generator (default: run --generator locally)",
+    )
+    p.add_argument(
+        "--judge-model",
+        required=True,
+        help="model name at the endpoint (with --base-url), else a palign model spec",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible endpoint of the judge (default: run --judge-model locally)",
+    )
+    p.add_argument(
+        "--items", type=int, default=10, help="test statements, a seeded sample (default 10)"
+    )
+    p.add_argument(
+        "--gen-max-tokens", type=int, default=160, help="text length limit (default 160)"
+    )
+    p.add_argument(
+        "--gen-temperature",
+        type=float,
+        default=0.7,
+        help="generator sampling temperature (default 0.7; 0 = greedy)",
+    )
+    p.add_argument("--name", default=None, help="output name under OUT/judge/ (default: judge)")
+    data_args(p, semantics=False)
+    _add_judge_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fmt_arg(p)
+    p.set_defaults(func=cmd_judge_validate)
 
     p = sub.add_parser(
         "judge-agreement",

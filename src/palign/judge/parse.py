@@ -2,8 +2,8 @@
 
 Two protocols (:data:`palign.judge.prompts.PROTOCOLS`):
 
-- ``score-first``: after leading whitespace and markdown emphasis (``*``, `````), the
-  judgement must start with one choice, not followed by another digit or a decimal part
+- ``score-first``: after leading whitespace, quotes and markdown emphasis (``*``, `````),
+  the judgement must start with one choice, not followed by another digit or a decimal part
   ("4", "4\\n...", "4 - because..." parse; "45", "4.5", "Score: 4" do not). The choice's
   position is that first character.
 - ``reasoning`` (the paper's; the rubric asks for the choice on its own line, then repeated on
@@ -60,7 +60,7 @@ def parse_first(text: str | None, choices: str) -> tuple[str, int] | None:
     """The score-first parse of ``text``: ``(choice, character offset)`` or None."""
     if not text:
         return None
-    m = re.match(r"[\s*`]*([" + re.escape(choices) + r"])(?![0-9])(?![.,][0-9])", text)
+    m = re.match(r"[\s*`\"']*([" + re.escape(choices) + r"])(?![0-9])(?![.,][0-9])", text)
     if m is None:
         return None
     return m.group(1), m.start(1)
@@ -85,9 +85,7 @@ def parse_score(text: str | None, protocol: str = "score-first") -> int | None:
     return int(p[0]) if p is not None else None
 
 
-def candidate_at(
-    candidates: list[dict[str, Any]] | None, offset: int
-) -> dict[str, Any] | None:
+def candidate_at(candidates: list[dict[str, Any]] | None, offset: int) -> dict[str, Any] | None:
     """The candidate whose token covers character ``offset`` of the text, or None."""
     for c in candidates or []:
         o = c.get("offset")

@@ -150,9 +150,7 @@ def answer_label(answer: int) -> str:
 def check_protocol(protocol: str) -> str:
     """``protocol`` if it is one of :data:`PROTOCOLS`, else a one-line error."""
     if protocol not in PROTOCOLS:
-        raise PalignError(
-            f"unknown judge protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}"
-        )
+        raise PalignError(f"unknown judge protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
     return protocol
 
 
@@ -168,9 +166,7 @@ def default_max_tokens(protocol: str) -> int:
     return REASONING_MAX_TOKENS
 
 
-def rubric_prompt(
-    statement: str, target: str, response: str, protocol: str = "score-first"
-) -> str:
+def rubric_prompt(statement: str, target: str, response: str, protocol: str = "score-first") -> str:
     """The judge prompt rating ``response`` against the person's ``target`` label (1-6).
 
     ``protocol`` picks the ending: ``score-first`` (the digit first) or ``reasoning`` (the
@@ -193,8 +189,7 @@ STANCE_CHOICES = "12345"
 STANCE_LEVELS: tuple[str, ...] = (
     "Very Inaccurate: the writer is the opposite of what the statement says",
     "Moderately Inaccurate: the writer is mostly unlike what the statement says",
-    "Neither Accurate Nor Inaccurate: the writer is in the middle, neither like it nor unlike "
-    "it",
+    "Neither Accurate Nor Inaccurate: the writer is in the middle, neither like it nor unlike it",
     "Moderately Accurate: the writer is mostly like what the statement says",
     "Very Accurate: the statement describes the writer very well",
 )
