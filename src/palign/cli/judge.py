@@ -228,7 +228,7 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
         data=args.data,
     )
     gen = _backend(args, args.generator, args.generator_base_url)
-    texts = generate_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
+    texts, n_new = generate_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
     judge = gen
     if (args.judge_model, args.base_url) != (args.generator, args.generator_base_url):
         judge = _backend(args)
@@ -244,14 +244,15 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     res["n_statements"] = len({t["item"] for t in texts})
+    res["texts"] = {"total": len(texts), "generated_now": n_new, "file": f"{args.out}/texts.jsonl"}
     res["all_judges"] = [
         {k: d[k] for k in ("name", "protocol", "n_texts", "spearman", "exact_agreement")}
         for d in report(args.out)
     ]
     req = res["requests"]
     human = (
-        f"{res['n_statements']} statements x 5 stances written by {args.generator} "
-        f"-> {args.out}/texts.jsonl\n"
+        f"{res['n_statements']} statements x 5 stances written by {args.generator} ({n_new} "
+        f"texts new) -> {args.out}/texts.jsonl\n"
         f"judge {res['judge']['model']} ({args.protocol}) read them: requests {req['total']} "
         f"(cached {req['cached']}, errors {req['errors']}) -> {res['items_file']}\n\n"
         + markdown_table(report(args.out))

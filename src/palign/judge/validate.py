@@ -124,8 +124,11 @@ def generate_texts(
     inventory: Inventory,
     *,
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Write (or resume) ``OUT/texts.jsonl``: one text per (statement, level); returns the rows.
+) -> tuple[list[dict[str, Any]], int]:
+    """Write (or resume) ``OUT/texts.jsonl``: one text per (statement, level).
+
+    Returns the rows (statement sample order, levels 1..5) and how many were generated now
+    (the others were already in the folder).
 
     ``generator`` is a judge backend (:class:`~palign.judge.client.LocalJudge`,
     :class:`~palign.judge.client.OpenAIJudge`, optionally behind
@@ -142,6 +145,7 @@ def generate_texts(
     from tqdm.auto import tqdm
 
     failed = 0
+    n_new = 0
     for iid in tqdm(todo, desc="texts", unit="statement", disable=not progress):
         item = inventory.item(iid)
         statement = inventory.statement(item)
@@ -174,6 +178,7 @@ def generate_texts(
                     "generator_model": r.model,
                 }
             )
+        n_new += len(resps)
         _write_jsonl(path, rows)
     if failed:
         raise PalignError(
@@ -181,7 +186,8 @@ def generate_texts(
             f"saved in {path}: rerun the same command to retry"
         )
     order = {i: k for k, i in enumerate(ids)}
-    return sorted(rows, key=lambda r: (order.get(r["item"], len(order)), r["level"]))
+    rows = sorted(rows, key=lambda r: (order.get(r["item"], len(order)), r["level"]))
+    return rows, n_new
 
 
 def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float | None:
