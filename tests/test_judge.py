@@ -284,7 +284,7 @@ def test_parse_rules() -> None:
     # score-first: the reply starts with the digit
     assert parse_score("4") == 4 and parse_score(" **5** because") == 5
     assert parse_score("3\nThe response...") == 3 and parse_score("6.") == 6
-    assert parse_score("\"2\"") == 2  # quoted, as the prompt shows the digits
+    assert parse_score('"2"') == 2  # quoted, as the prompt shows the digits
     for bad in ("Score: 4", "45", "4.5", "7", "The answer is 4", "", None):
         assert parse_score(bad) is None, bad
     # where the choice is read: score-first the first character, reasoning the first bare line

@@ -2,7 +2,8 @@
 
 The pipeline runs on 2 statements x 5 stances, is interrupted after the first statement and
 resumed by the CLI (only the missing texts are generated, then every judgement comes from
-the cache on a rerun); the reported metrics equal a hand computation from the items file,
+the cache on a rerun); the reported metrics (and the rubric check's) equal a hand
+computation from the items file,
 and :func:`stance_metrics` equals a hand re-statement (average ranks, Pearson) and scipy.
 """
 
@@ -19,9 +20,9 @@ from palign.cli import main
 from palign.judge.generate import read_jsonl
 from palign.judge.validate import (
     ValidateConfig,
-    generate_texts,
     select_statements,
     stance_metrics,
+    write_texts,
 )
 
 
@@ -126,7 +127,7 @@ def test_judge_validate_on_smollm2_runs_resumes_and_reports(
     cfg = ValidateConfig("smollm2", items=2, max_new_tokens=16, seed=3, batch_size=8)
     gen = _Interrupt(LocalJudge(load_model("smollm2"), batch_size=8), stop_at=2)
     with pytest.raises(KeyboardInterrupt):
-        generate_texts(cfg, out, gen, papi.inventory, progress=False)
+        write_texts(cfg, out, gen, papi.inventory, progress=False)
     first = read_jsonl(out / "texts.jsonl")
     ids = select_statements(papi.inventory, 2, 3)
     assert [r["item"] for r in first] == [ids[0]] * 5 and [r["level"] for r in first] == [
@@ -180,6 +181,25 @@ def test_judge_validate_on_smollm2_runs_resumes_and_reports(
     d2 = json.loads(capsys.readouterr().out)
     assert d2["texts"]["generated_now"] == 0 and d2["requests"]["cached"] == 10
     assert d2["exact_agreement"] == d["exact_agreement"]
+    # the rubric check: each text rated on the 1-6 rubric against its instructed label and the
+    # mirrored one (levels 1, 2, 4, 5); the summary equals a hand computation
+    assert main([*argv, "--rubric-check"]) == 0
+    d3 = json.loads(capsys.readouterr().out)
+    assert d3["requests"]["total"] == 10 + 10 + 8 and d3["requests"]["cached"] == 10
+    items = read_jsonl(out / "judge" / "local-smollm2.jsonl")
+    assert [i["rubric_mirrored"] is None for i in items if i["level"] == 3] == [True, True]
+    pairs = [
+        (i["rubric_matched"], i["rubric_mirrored"])
+        for i in items
+        if i["rubric_matched"] is not None and i["rubric_mirrored"] is not None
+    ]
+    rc = d3["rubric_check"]
+    assert rc["n_pairs"] == len(pairs) and rc["ties"] == sum(a == b for a, b in pairs)
+    if pairs:
+        assert rc["matched_higher"] == pytest.approx(
+            sum(a > b for a, b in pairs) / len(pairs), abs=1e-4
+        )
+        assert rc["mean_mirrored"] == pytest.approx(np.mean([b for _, b in pairs]), abs=1e-4)
     # the markdown table names every judge of the folder
     assert main(argv[:-2]) == 0
     table = capsys.readouterr().out

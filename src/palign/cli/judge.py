@@ -202,10 +202,10 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
     from palign.data import check_inventory, load_dataset
     from palign.judge.validate import (
         ValidateConfig,
-        generate_texts,
         judge_texts,
         markdown_table,
         report,
+        write_texts,
     )
 
     check_inventory(args.inventory)
@@ -228,7 +228,7 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
         data=args.data,
     )
     gen = _backend(args, args.generator, args.generator_base_url)
-    texts, n_new = generate_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
+    texts, n_new = write_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
     judge = gen
     if (args.judge_model, args.base_url) != (args.generator, args.generator_base_url):
         judge = _backend(args)
@@ -241,6 +241,7 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         seed=args.seed,
         logprobs=not args.no_logprobs,
+        rubric_check=args.rubric_check,
         progress=not args.quiet,
     )
     res["n_statements"] = len({t["item"] for t in texts})
@@ -260,6 +261,14 @@ def cmd_judge_validate(args: argparse.Namespace) -> None:
         "instructed stance (parsed readings only); weighted = sum k*p_k at the reading's "
         "position."
     )
+    rc = res["rubric_check"]
+    if rc is not None:
+        human += (
+            f"\nrubric check ({rc['n_pairs']} texts): 1-6 score against the instructed label "
+            f"{_f(rc['mean_matched_paired'])} vs the mirrored label {_f(rc['mean_mirrored'])}; "
+            f"matched scored higher on {_f(rc['matched_higher'], 3)} (ties {rc['ties']}), "
+            f"weighted {_f(rc['matched_higher_weighted'], 3)}"
+        )
     emit(args, res, human)
 
 
@@ -447,6 +456,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.7,
         help="generator sampling temperature (default 0.7; 0 = greedy)",
+    )
+    p.add_argument(
+        "--rubric-check",
+        action="store_true",
+        help="also rate each text on the 1-6 rubric against its instructed label and the "
+        "mirrored one (6 - level); the matched target should score higher",
     )
     p.add_argument("--name", default=None, help="output name under OUT/judge/ (default: judge)")
     data_args(p, semantics=False)

@@ -117,7 +117,7 @@ def _check_folder(out: Path, cfg: ValidateConfig) -> None:
     write_json_atomic(p, {"format": VALIDATE_FORMAT, "identity": cfg.identity(), **asdict(cfg)})
 
 
-def generate_texts(
+def write_texts(
     cfg: ValidateConfig,
     out: str | Path,
     generator: Any,
@@ -243,6 +243,7 @@ def judge_texts(
     max_tokens: int | None = None,
     seed: int = 0,
     logprobs: bool = True,
+    rubric_check: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The judge's stance reading of every text of ``OUT/texts.jsonl``; writes and returns it.
@@ -250,6 +251,12 @@ def judge_texts(
     Writes ``OUT/judge/<name>.jsonl`` (per text) and ``OUT/judge/<name>.json`` (settings,
     :func:`stance_metrics` overall and per level). Answers go through ``judge``'s cache when
     it has one, so a rerun sends only what is missing.
+
+    With ``rubric_check`` the judge also rates each text on the 1-6 rubric of ``palign
+    judge`` twice: against the label of its instructed level (``matched``) and, for levels
+    other than 3, against the mirrored label (level ``6 - level``, ``mirrored``); a judge
+    whose rubric scores mean something rates the matched target higher
+    (:func:`rubric_summary`).
     """
     from palign.eval.runs import write_json_atomic
 
@@ -273,10 +280,22 @@ def judge_texts(
         )
         for r in rows
     ]
+    n_stance = len(reqs)
+    mirror_of: list[int] = []
+    if rubric_check:
+        for r in rows:
+            reqs.append(_rubric_request(r, r["level"], protocol, max_tokens, temperature, seed))
+        for k, r in enumerate(rows):
+            if r["level"] != 3:
+                mirror_of.append(k)
+                reqs.append(
+                    _rubric_request(r, 6 - r["level"], protocol, max_tokens, temperature, seed)
+                )
     t = time.perf_counter()
     hits0 = getattr(judge, "hits", 0)
-    resps = judge.complete_many(reqs, progress=progress)
+    all_resps = judge.complete_many(reqs, progress=progress)
     elapsed = time.perf_counter() - t
+    resps = all_resps[:n_stance]
     items = []
     for r, q in zip(rows, resps):
         rd = read_choice(q, prompts.STANCE_CHOICES, protocol)
@@ -294,6 +313,15 @@ def judge_texts(
                 "judgement": q.text,
             }
         )
+    if rubric_check:
+        mirrored = dict(zip(mirror_of, all_resps[2 * n_stance :]))
+        for k, i in enumerate(items):
+            for key, q in (("matched", all_resps[n_stance + k]), ("mirrored", mirrored.get(k))):
+                rd = read_choice(q, prompts.SCORE_CHOICES, protocol) if q else None
+                i[f"rubric_{key}"] = rd["choice"] if rd else None
+                i[f"rubric_{key}_weighted"] = rd["weighted"] if rd else None
+                if q is not None and q.error and i["error"] is None:
+                    i["error"] = q.error
     ok = [i for i in items if i["error"] is None]
     metrics = stance_metrics(
         [i["level"] for i in ok], [i["reading"] for i in ok], [i["weighted"] for i in ok]
@@ -327,10 +355,11 @@ def judge_texts(
         "prompts": {"stance_version": prompts.STANCE_VERSION},
         **metrics,
         "per_level": per_level,
+        "rubric_check": rubric_summary(ok) if rubric_check else None,
         "requests": {
             "total": len(reqs),
             "cached": getattr(judge, "hits", 0) - hits0,
-            "errors": sum(i["error"] is not None for i in items),
+            "errors": sum(r.error is not None for r in all_resps),
         },
         "timings": {"judge_s": round(elapsed, 3)},
     }
@@ -338,6 +367,56 @@ def judge_texts(
     write_json_atomic(out / "judge" / f"{stem}.json", result)
     result["items_file"] = str(out / "judge" / f"{stem}.jsonl")
     return result
+
+
+def _rubric_request(
+    row: dict[str, Any],
+    level: int,
+    protocol: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+) -> JudgeRequest:
+    return JudgeRequest(
+        prompts.rubric_prompt(row["statement"], prompts.answer_label(level), row["text"], protocol),
+        prompts.SCORE_CHOICES,
+        max_tokens,
+        temperature,
+        seed,
+        True,
+    )
+
+
+def rubric_summary(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rubric check: matched vs mirrored target over the texts with both scores.
+
+    ``matched_higher``: the share of texts whose matched score is strictly higher than the
+    mirrored one (``ties`` counted apart); the same on the weighted scores where both exist.
+    """
+    pairs = [
+        (i["rubric_matched"], i["rubric_mirrored"])
+        for i in items
+        if i.get("rubric_matched") is not None and i.get("rubric_mirrored") is not None
+    ]
+    wp = [
+        (i["rubric_matched_weighted"], i["rubric_mirrored_weighted"])
+        for i in items
+        if i.get("rubric_matched_weighted") is not None
+        and i.get("rubric_mirrored_weighted") is not None
+    ]
+    n = len(pairs)
+    matched = [i["rubric_matched"] for i in items if i.get("rubric_matched") is not None]
+    return {
+        "n_matched": len(matched),
+        "mean_matched": round(float(np.mean(matched)), 4) if matched else None,
+        "n_pairs": n,
+        "mean_matched_paired": round(float(np.mean([a for a, _ in pairs])), 4) if n else None,
+        "mean_mirrored": round(float(np.mean([b for _, b in pairs])), 4) if n else None,
+        "matched_higher": round(sum(a > b for a, b in pairs) / n, 4) if n else None,
+        "ties": sum(a == b for a, b in pairs),
+        "n_pairs_weighted": len(wp),
+        "matched_higher_weighted": round(sum(a > b for a, b in wp) / len(wp), 4) if wp else None,
+    }
 
 
 def report(out: str | Path) -> list[dict[str, Any]]:
