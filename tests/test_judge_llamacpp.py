@@ -54,7 +54,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--n_ctx",
         "4096",
         "--n_threads",
-        "2",
+        "1",  # one thread: llama.cpp's spinning workers stall on a shared, busy machine
         "--host",
         "127.0.0.1",
         "--port",
@@ -105,6 +105,7 @@ def test_palign_judge_against_llama_cpp_server(
     run_generate(cfg, folder, lm=tiny_lm, dataset=ds, progress=False)
     rows = read_jsonl(folder / "generations.jsonl")
     argv = ["judge", str(folder), "--judge-model", ALIAS, "--base-url", llama_server]
+    argv += ["--timeout", "600"]
     assert main([*argv, "--quiet", "--format", "json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["requests"]["errors"] == 0 and d["n_items"] == len(rows)
@@ -117,7 +118,7 @@ def test_palign_judge_against_llama_cpp_server(
         assert i["choice_offset"] is not None and i["weighted"] is not None
         assert 1 <= i["weighted"] <= 6 and 0 < i["choice_mass"] <= 1 + 1e-6
     # the offsets palign computes from the server's tokens spell the server's text
-    resp = OpenAIJudge(ALIAS, llama_server, retries=0).complete_many(
+    resp = OpenAIJudge(ALIAS, llama_server, retries=0, timeout=600).complete_many(
         [JudgeRequest("Count from 1 to 6, one number per line.", max_tokens=32)]
     )[0]
     assert resp.error is None and resp.candidates, resp.text
