@@ -283,7 +283,8 @@ def _add_judge_args(p: argparse.ArgumentParser) -> None:
         default="score-first",
         help="score-first (default): the reply starts with the digit, the weighted score is "
         "read there; reasoning: the paper's prompt (reasoning, then the choice on its own "
-        "line, repeated), the weighted score read at the first bare choice",
+        "line, repeated), the weighted score read at the first bare choice (pairwise mode always "
+        "asks for reasoning)",
     )
     p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
     p.add_argument(
