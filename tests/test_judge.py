@@ -33,7 +33,7 @@ from palign.cli import main  # noqa: E402
 from palign.data.types import Dataset
 from palign.judge.client import CachedJudge, JudgeRequest, OpenAIJudge
 from palign.judge.generate import GenerateConfig, read_jsonl, run_generate
-from palign.judge.parse import parse_choice, parse_score, weighted_score
+from palign.judge.parse import parse_choice, parse_judgement, parse_score, weighted_score
 from palign.judge.prompts import rubric_prompt
 from palign.judge.run import agreement, judge_generations, judge_pairwise
 from palign.models.loading import LoadedModel
@@ -62,20 +62,32 @@ class ServerState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def completion(text: str, model: str, dist: dict[str, float] | None = None) -> dict[str, Any]:
-    """An OpenAI chat.completion body; with ``dist``, logprobs whose choice tokens carry it."""
+def completion(
+    text: str,
+    model: str,
+    dist: dict[str, float] | list[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """An OpenAI chat.completion body; with ``dist``, logprobs whose choice tokens carry it.
+
+    ``dist`` is one distribution for every choice token, or a list: one per choice token in
+    order (the last repeated for any further ones).
+    """
     logprobs = None
     if dist is not None:
+        dists = dist if isinstance(dist, list) else [dist]
         content = []
+        n = 0
         for tok in re.findall(r"\s*\S+", text):
-            if tok.strip() in dist:
+            d = dists[min(n, len(dists) - 1)]
+            if tok.strip() in d:
+                n += 1
                 # the sampled token itself is among the alternatives, as real endpoints return
                 top = [
                     {"token": tok if k == tok.strip() else k, "logprob": math.log(p), "bytes": None}
-                    for k, p in dist.items()
+                    for k, p in d.items()
                 ]
                 top.append({"token": "the", "logprob": math.log(1e-4), "bytes": None})
-                lp = math.log(dist[tok.strip()])
+                lp = math.log(d[tok.strip()])
             else:
                 top, lp = [{"token": tok, "logprob": 0.0, "bytes": None}], 0.0
             content.append({"token": tok, "logprob": lp, "bytes": None, "top_logprobs": top})
@@ -182,17 +194,36 @@ def score_dist(s: int) -> dict[str, float]:
     return {k: v / total for k, v in d.items()}
 
 
-def rubric_handler(unparsed_item: str | None = None) -> Callable[[dict[str, Any]], Reply]:
+SCORE_FIRST_MARK = "Your reply must start with the digit"
+
+
+def rubric_handler(
+    unparsed_item: str | None = None, resolved: str | None = None
+) -> Callable[[dict[str, Any]], Reply]:
+    """A scripted judge for both protocols.
+
+    score-first: replies "<s>" then a line of explanation, the first token carrying
+    :func:`score_dist`. reasoning: a line of reasoning, "<s>" on its own line (carrying
+    :func:`score_dist`) and repeated on the last line as a point mass (a real judge copies the
+    digit it already wrote). The answering model is reported as ``resolved`` (default: the
+    requested name).
+    """
+
     def handle(body: dict[str, Any]) -> Reply:
         prompt = body["messages"][0]["content"]
         st = _field(prompt, "Statement")
         resp = _field(prompt, "Generated Response")
+        model = resolved or body["model"]
         s = scripted_score(st, resp, body["model"])
         if unparsed_item and unparsed_item in st:
-            return Reply(body=completion(f"I would say about {s} out of 6.", body["model"]))
+            return Reply(body=completion(f"I would say about {s} out of 6.", model))
+        lp = body.get("logprobs")
+        if SCORE_FIRST_MARK in prompt:
+            text = f"{s}\nThe response says little."
+            return Reply(body=completion(text, model, score_dist(s) if lp else None))
         text = f"The response says little.\nSo the choice is:\n{s}\n{s}"
-        dist = score_dist(s) if body.get("logprobs") else None
-        return Reply(body=completion(text, body["model"], dist))
+        dist = [score_dist(s), {str(s): 1.0}] if lp else None
+        return Reply(body=completion(text, model, dist))
 
     return handle
 
@@ -240,47 +271,80 @@ def _copy(folder: Path, dst: Path) -> Path:
 
 
 def test_parse_rules() -> None:
-    assert parse_score("reasoning...\n4\n4") == 4
-    assert parse_score("**5**\n\n  5  \n") == 5
-    assert parse_score("4") is None  # not repeated
-    assert parse_score("3\n4") is None  # disagree
-    assert parse_score("Step 1\n2\nmore\n4\n4") is None  # conflicting bare choices
-    assert parse_score("Score: 4\n4") is None  # the earlier one is not on its own line
-    assert parse_score("4.\n4.") is None and parse_score("7\n7") is None
-    assert parse_score("") is None and parse_score(None) is None
+    r = "reasoning"
+    assert parse_score("reasoning...\n4\n4", r) == 4
+    assert parse_score("**5**\n\n  5  \n", r) == 5
+    assert parse_score("4", r) is None  # not repeated
+    assert parse_score("3\n4", r) is None  # disagree
+    assert parse_score("Step 1\n2\nmore\n4\n4", r) is None  # conflicting bare choices
+    assert parse_score("Score: 4\n4", r) is None  # the earlier one is not on its own line
+    assert parse_score("4.\n4.", r) is None and parse_score("7\n7", r) is None
+    assert parse_score("", r) is None and parse_score(None, r) is None
     assert parse_choice("...\nB\nB", "AB") == "B" and parse_choice("A\nB", "AB") is None
+    # score-first: the reply starts with the digit
+    assert parse_score("4") == 4 and parse_score(" **5** because") == 5
+    assert parse_score("3\nThe response...") == 3 and parse_score("6.") == 6
+    assert parse_score('"2"') == 2  # quoted, as the prompt shows the digits
+    for bad in ("Score: 4", "45", "4.5", "7", "The answer is 4", "", None):
+        assert parse_score(bad) is None, bad
+    # where the choice is read: score-first the first character, reasoning the first bare line
+    assert parse_judgement("  4\nbecause", "123456", "score-first") == ("4", 2)
+    text = "Step 1: 2 ideas\n**4**\nso\n4"
+    assert parse_judgement(text, "123456", "reasoning") == ("4", text.index("**4**") + 2)
     cands = [
-        {"token": "\n4", "top": {"4": math.log(0.5), " 4": math.log(0.25), "6": math.log(0.25)}}
+        {
+            "token": "\n4",
+            "top": {"4": math.log(0.5), " 4": math.log(0.25), "6": math.log(0.25)},
+            "offset": 3,
+        },
+        {"token": "\n4", "top": {"4": 0.0}, "offset": 5},
     ]
-    assert weighted_score(cands) == pytest.approx(4 * 0.75 + 6 * 0.25)
-    assert weighted_score(None) is None
-    # only single-character choice tokens are choice positions ("12" is not a "1" or a "2")
+    assert weighted_score(cands, 4) == pytest.approx(4 * 0.75 + 6 * 0.25)
+    assert weighted_score(cands, 6) == pytest.approx(4.0)  # the repetition: a point mass
+    assert weighted_score(cands, 3) == pytest.approx(4.5)  # the token "\n4" starts at 3
+    assert weighted_score(cands, 8) is None and weighted_score(cands, None) is None
+    assert weighted_score(None, 4) is None
+    # only single-character choice tokens are choice positions ("12" is not a "1" or a "2"),
+    # each with its offset in the text the tokens spell
     from types import SimpleNamespace as NS
 
     from palign.judge.client import _candidates
 
     toks = [
         NS(token=t, logprob=-0.1, top_logprobs=[NS(token=t, logprob=-0.1)])
-        for t in ("12", "\n4", "x")
+        for t in ("12", "\n4", "x", "5")
     ]
-    assert [c["token"] for c in _candidates(toks, "123456")] == ["\n4"]
+    got = _candidates(toks, "123456", "12\n4x5")
+    assert [(c["token"], c["offset"]) for c in got] == [("\n4", 2), ("5", 5)]
+    # an endpoint that trimmed the text's leading newline: offsets shift with it
+    assert [c["offset"] for c in _candidates(toks[1:], "123456", "4x5")] == [-1, 2]
+    # tokens that do not spell the text: no offsets, no weighted score
+    assert [c["offset"] for c in _candidates(toks, "123456", "other")] == [None, None]
 
 
+@pytest.mark.parametrize("protocol", ["score-first", "reasoning"])
 def test_scores_intervals_logprobs_and_cache(
-    srv: tuple[str, ServerState], gen_folders: dict[str, Path], tmp_path: Path
+    srv: tuple[str, ServerState], gen_folders: dict[str, Path], tmp_path: Path, protocol: str
 ) -> None:
+    """Means, intervals and weighted scores against a re-statement; the weighted score is read
+    at the first choice position (reasoning: the first bare line carries the distribution, the
+    repetition a point mass, so reading the repetition would give weighted == score)."""
     url, state = srv
     folder = _copy(gen_folders["few-shot"], tmp_path / "g")
     rows = read_jsonl(folder / "generations.jsonl")
     unparsed_item = rows[0]["statement"]
     state.handler = rubric_handler(unparsed_item)
     judge = _judge(url)
-    res = judge_generations(folder, judge, progress=False)
-    uniq = {rubric_prompt(r["statement"], r["answer_label"], r["text"]) for r in rows}
+    res = judge_generations(folder, judge, protocol=protocol, progress=False)
+    uniq = {rubric_prompt(r["statement"], r["answer_label"], r["text"], protocol) for r in rows}
     assert res["n_items"] == len(rows) == 10 and len(state.requests) == len(uniq)  # sent once
     sent = state.requests[0]
     assert sent["model"] == "judge-a" and sent["logprobs"] is True and sent["top_logprobs"] == 20
-    assert sent["temperature"] == 0 and sent["max_tokens"] == 512
+    assert sent["temperature"] == 0
+    assert sent["max_tokens"] == (16 if protocol == "score-first" else 512)
+    assert res["protocol"] == protocol
+    assert res["prompts"]["rubric_version"] == ("s1" if protocol == "score-first" else "r1")
+    stem = "judge-a" if protocol == "score-first" else "judge-a-reasoning"
     shown = {
         (
             _field(q["messages"][0]["content"], "Statement"),
@@ -316,19 +380,27 @@ def test_scores_intervals_logprobs_and_cache(
                 assert (d["score"]["lo"], d["score"]["hi"]) == pytest.approx((lo, hi), abs=1e-3)
     assert res["overall"]["unparsed"] == n_unparsed >= 1
     assert res["unparsed_rate"] == pytest.approx(n_unparsed / len(rows), abs=1e-4)
-    items = read_jsonl(folder / "judge" / "judge-a.jsonl")
+    items = read_jsonl(folder / "judge" / f"{stem}.jsonl")
     assert [i["score"] is None for i in items] == [r["statement"] == unparsed_item for r in rows]
-    assert json.loads((folder / "judge" / "judge-a.json").read_text())["judge"]["api_key_env"] == (
+    scored = [i for i in items if i["score"] is not None]
+    # the weighted score is not the sampled choice: the distribution is not a point mass
+    assert all(abs(i["weighted"] - i["score"]) > 0.1 for i in scored)
+    assert all(i["judge_model"] == "judge-a" for i in items)
+    assert json.loads((folder / "judge" / f"{stem}.json").read_text())["judge"]["api_key_env"] == (
         "PALIGN_JUDGE_API_KEY"
     )
     # cache: a second run sends no request and gives the same numbers
     n = len(state.requests)
-    res2 = judge_generations(folder, _judge(url), progress=False)
+    res2 = judge_generations(folder, _judge(url), protocol=protocol, progress=False)
     assert len(state.requests) == n and res2["requests"]["cached"] == len(rows)
     assert res2["traits"] == res["traits"]
+    assert res2["judge"]["resolved_models"] == ["judge-a"]  # kept in the cache
     # another judge model is another cache identity
     res3 = judge_generations(
-        folder, CachedJudge(OpenAIJudge("judge-b", url, backoff=0.01)), progress=False
+        folder,
+        CachedJudge(OpenAIJudge("judge-b", url, backoff=0.01)),
+        protocol=protocol,
+        progress=False,
     )
     assert len(state.requests) == n + len(uniq) and res3["requests"]["cached"] == 0
 
@@ -527,8 +599,59 @@ def test_request_object_is_the_cache_key(tmp_path: Path, monkeypatch) -> None:
     j = CachedJudge(OpenAIJudge("m", "http://127.0.0.1:9/v1"))
     r = JudgeRequest("p")
     assert j.key(r) == j.key(JudgeRequest("p"))
+    assert j.key(r) == CachedJudge(OpenAIJudge("m", "http://127.0.0.1:9/v1/")).key(r)
     assert j.key(r) != j.key(JudgeRequest("p", temperature=0.5))
     assert j.key(r) != CachedJudge(OpenAIJudge("m2", "http://127.0.0.1:9/v1")).key(r)
+    # the same model name at another endpoint is another judge
+    assert j.key(r) != CachedJudge(OpenAIJudge("m", "http://127.0.0.1:10/v1")).key(r)
+
+
+def test_cache_is_per_endpoint_and_the_resolved_model_is_recorded(
+    srv: tuple[str, ServerState], gen_folders, tmp_path: Path, capsys
+) -> None:
+    """Two endpoints serving the same model name do not share answers; the model that
+    answered (``response.model``) is recorded per item and in the summary."""
+    url, state = srv
+    folder = _copy(gen_folders["vanilla"], tmp_path / "g")
+    state.handler = rubric_handler(resolved="judge-a-2024-08-06")
+    argv = ["judge", str(folder), "--judge-model", "judge-a", "--quiet", "--format", "json"]
+    assert main([*argv, "--base-url", url]) == 0
+    d = json.loads(capsys.readouterr().out)
+    n = len(state.requests)
+    assert n > 0 and d["judge"]["resolved_models"] == ["judge-a-2024-08-06"]
+    assert d["judge"]["model"] == "judge-a"
+    items = read_jsonl(folder / "judge" / "judge-a.jsonl")
+    assert {i["judge_model"] for i in items} == {"judge-a-2024-08-06"}
+    # the same server under another base URL (localhost instead of 127.0.0.1): not cached
+    other = url.replace("127.0.0.1", "localhost")
+    assert main([*argv, "--base-url", other]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["requests"]["cached"] == 0 and len(state.requests) == 2 * n
+    assert main([*argv, "--base-url", url]) == 0  # the first endpoint again: all cached
+    d = json.loads(capsys.readouterr().out)
+    assert d["requests"]["cached"] == d["n_items"] and len(state.requests) == 2 * n
+    assert d["judge"]["resolved_models"] == ["judge-a-2024-08-06"]
+
+
+def test_default_timeout_is_the_same_in_python_cli_and_docs() -> None:
+    import inspect
+
+    from palign.cli import build_parser
+    from palign.judge.client import DEFAULT_TIMEOUT
+
+    py = inspect.signature(OpenAIJudge).parameters["timeout"].default
+    parser = build_parser()
+    defaults = [
+        parser.parse_args(argv).timeout
+        for argv in (
+            ["judge", "d", "--judge-model", "m"],
+            ["judge-validate", "--out", "o", "--generator", "g", "--judge-model", "m"],
+        )
+    ]
+    doc = (Path(__file__).parents[1] / "docs" / "evaluation.md").read_text()
+    m = re.findall(r"`--timeout`, default (\d+(?:\.\d+)?) s", doc)
+    assert m, "docs/evaluation.md states the --timeout default"
+    assert {py, *defaults, *map(float, m)} == {DEFAULT_TIMEOUT}
 
 
 def test_rejections_are_one_line_errors(

@@ -1,4 +1,5 @@
-"""``palign generate-eval``, ``palign judge`` and ``palign judge-agreement``."""
+"""``palign generate-eval``, ``palign judge``, ``palign judge-validate`` and
+``palign judge-agreement``."""
 
 from __future__ import annotations
 
@@ -88,13 +89,16 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
     emit(args, res, human)
 
 
-def _backend(args: argparse.Namespace) -> Any:
+def _backend(args: argparse.Namespace, model: str | None = None, url: str | None = None) -> Any:
+    """The judge (or generator) backend of ``model`` at ``url`` (default: the judge flags)."""
     from palign.judge.client import CachedJudge, LocalJudge, OpenAIJudge
 
-    if args.base_url:
+    if model is None:
+        model, url = args.judge_model, args.base_url
+    if url:
         backend: Any = OpenAIJudge(
-            args.judge_model,
-            args.base_url,
+            model,
+            url,
             concurrency=args.concurrency,
             retries=args.retries,
             timeout=args.timeout,
@@ -103,7 +107,7 @@ def _backend(args: argparse.Namespace) -> Any:
     else:
         from palign.models.loading import load_model
 
-        lm = load_model(args.judge_model, device=args.device, dtype=args.dtype)
+        lm = load_model(model, device=args.device, dtype=args.dtype)
         backend = LocalJudge(lm, batch_size=args.batch_size)
     if args.no_cache:
         return backend
@@ -124,9 +128,9 @@ def _score_table(res: dict[str, Any]) -> str:
 
 def cmd_judge(args: argparse.Namespace) -> None:
     """Rate generations on the 1-6 rubric (or compare two folders pairwise)."""
-    from palign.judge.run import judge_generations, judge_pairwise
+    from palign.judge.run import WEIGHTED_AT, judge_generations, judge_pairwise
 
-    if args.max_tokens < 1 or args.temperature < 0:
+    if (args.max_tokens is not None and args.max_tokens < 1) or args.temperature < 0:
         raise PalignError("--max-tokens must be at least 1 and --temperature >= 0")
     judge = _backend(args)
     kw = {
@@ -157,15 +161,17 @@ def cmd_judge(args: argparse.Namespace) -> None:
             f"{res['requests']['errors']}) -> {res['items_file']}"
         )
     else:
-        res = judge_generations(args.dir, judge, **kw)
+        res = judge_generations(args.dir, judge, protocol=args.protocol, **kw)
         req = res["requests"]
+        resolved = ", ".join(res["judge"]["resolved_models"]) or "-"
         human = (
-            f"judge {res['judge']['model']} ({res['judge']['kind']}) on {args.dir}: "
-            f"{res['n_items']} items, rubric {res['prompts']['rubric_version']}, temperature "
-            f"{args.temperature:g}\n\n"
+            f"judge {res['judge']['model']} ({res['judge']['kind']}; answered by {resolved}) on "
+            f"{args.dir}: {res['n_items']} items, protocol {args.protocol}, rubric "
+            f"{res['prompts']['rubric_version']}, temperature {args.temperature:g}\n\n"
             + _score_table(res)
             + "\n\nscore = the clean-parsed choice 1-6 (unparsed excluded); weighted = sum k*p_k "
-            "over the six choices at the final choice token (log-probabilities; '-' where none)."
+            f"over the six choices at {WEIGHTED_AT[args.protocol]} (log-probabilities; '-' "
+            "where none)."
             f"\nunparsed rate {_f(res['unparsed_rate'], 3)}; requests {req['total']} (cached "
             f"{req['cached']}, errors {req['errors']}); {_f(res['timings']['judge_s'])} s "
             f"-> {res['items_file']}"
@@ -191,8 +197,127 @@ def cmd_agreement(args: argparse.Namespace) -> None:
     emit(args, res, human)
 
 
+def cmd_judge_validate(args: argparse.Namespace) -> None:
+    """Known-answer texts (written by a generator at each stance 1..5) read by a judge."""
+    from palign.data import check_inventory, load_dataset
+    from palign.judge.validate import (
+        ValidateConfig,
+        judge_texts,
+        markdown_table,
+        report,
+        write_texts,
+    )
+
+    check_inventory(args.inventory)
+    if args.items < 1 or args.gen_max_tokens < 1 or args.batch_size < 1:
+        raise PalignError("--items, --gen-max-tokens and --batch-size must be at least 1")
+    if args.gen_temperature < 0 or args.temperature < 0:
+        raise PalignError("--gen-temperature and --temperature must be >= 0")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise PalignError("--max-tokens must be at least 1")
+    ds = load_dataset(args.data, args.inventory)
+    cfg = ValidateConfig(
+        generator=args.generator,
+        generator_base_url=args.generator_base_url,
+        inventory=args.inventory,
+        items=args.items,
+        seed=args.seed,
+        max_new_tokens=args.gen_max_tokens,
+        temperature=args.gen_temperature,
+        batch_size=args.batch_size,
+        data=args.data,
+    )
+    gen = _backend(args, args.generator, args.generator_base_url)
+    texts, n_new = write_texts(cfg, args.out, gen, ds.inventory, progress=not args.quiet)
+    judge = gen
+    if (args.judge_model, args.base_url) != (args.generator, args.generator_base_url):
+        judge = _backend(args)
+    res = judge_texts(
+        args.out,
+        judge,
+        name=args.name,
+        protocol=args.protocol,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        logprobs=not args.no_logprobs,
+        rubric_check=args.rubric_check,
+        progress=not args.quiet,
+    )
+    res["n_statements"] = len({t["item"] for t in texts})
+    res["texts"] = {"total": len(texts), "generated_now": n_new, "file": f"{args.out}/texts.jsonl"}
+    res["all_judges"] = [
+        {k: d[k] for k in ("name", "protocol", "n_texts", "spearman", "exact_agreement")}
+        for d in report(args.out)
+    ]
+    req = res["requests"]
+    human = (
+        f"{res['n_statements']} statements x 5 stances written by {args.generator} ({n_new} "
+        f"texts new) -> {args.out}/texts.jsonl\n"
+        f"judge {res['judge']['model']} ({args.protocol}) read them: requests {req['total']} "
+        f"(cached {req['cached']}, errors {req['errors']}) -> {res['items_file']}\n\n"
+        + markdown_table(report(args.out))
+        + "\n\nSpearman, exact, within one and MAE compare the judge's 1-5 reading with the "
+        "instructed stance (parsed readings only); weighted = sum k*p_k at the reading's "
+        "position."
+    )
+    rc = res["rubric_check"]
+    if rc is not None:
+        human += (
+            f"\nrubric check ({rc['n_pairs']} texts): 1-6 score against the instructed label "
+            f"{_f(rc['mean_matched_paired'])} vs the mirrored label {_f(rc['mean_mirrored'])}; "
+            f"matched scored higher on {_f(rc['matched_higher'], 3)} (ties {rc['ties']}), "
+            f"weighted {_f(rc['matched_higher_weighted'], 3)}"
+        )
+    emit(args, res, human)
+
+
+def _add_judge_args(p: argparse.ArgumentParser) -> None:
+    """The judge's protocol, sampling, endpoint and local-model options."""
+    from palign.judge.client import DEFAULT_TIMEOUT
+    from palign.judge.prompts import PROTOCOLS
+
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="score-first",
+        help="score-first (default): the reply starts with the digit, the weighted score is "
+        "read there; reasoning: the paper's prompt (reasoning, then the choice on its own "
+        "line, repeated), the weighted score read at the first bare choice (pairwise mode always "
+        "asks for reasoning)",
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="judgement length limit (default 16 for score-first, 512 for reasoning and pairwise)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
+    p.add_argument(
+        "--no-logprobs",
+        action="store_true",
+        help="do not ask for log-probabilities (endpoints that reject them)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds per request (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled per retry"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="local models: prompts per batch")
+    p.add_argument("--device", default="auto", help="local models: auto, cpu, cuda...")
+    p.add_argument("--dtype", default="auto", help="local models: auto, float32, bfloat16...")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add generate-eval, judge and judge-agreement to the parser."""
+    """Add generate-eval, judge, judge-validate and judge-agreement to the parser."""
     p = sub.add_parser(
         "generate-eval",
         help="aligned free-text answers to open questions about the test statements",
@@ -281,29 +406,70 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="pairwise: data folder for the persons' profiles (default: the run's)",
     )
-    p.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
-    p.add_argument(
-        "--max-tokens", type=int, default=512, help="judgement length limit (default 512)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="judge sampling seed (default 0)")
-    p.add_argument(
-        "--no-logprobs",
-        action="store_true",
-        help="do not ask for log-probabilities (endpoints that reject them)",
-    )
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--retries", type=int, default=4, help="retries per request (default 4)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument(
-        "--backoff", type=float, default=1.0, help="first retry delay in seconds, doubled per retry"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="local judge: prompts per batch")
-    p.add_argument("--device", default="auto", help="local judge: auto, cpu, cuda...")
-    p.add_argument("--dtype", default="auto", help="local judge: auto, float32, bfloat16...")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    _add_judge_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     fmt_arg(p)
     p.set_defaults(func=cmd_judge)
+
+    p = sub.add_parser(
+        "judge-validate",
+        help="measure a judge on known answers: texts written at each stance 1..5, read back",
+        description="For --items test statements (a sample seeded by --seed) and each of the "
+        "five Likert levels, a generator model (--generator: a palign model in-process, or the "
+        "model name at --generator-base-url) writes a short first-person text taking that "
+        "stance (instruction and text recorded in OUT/texts.jsonl; rerunning resumes). The "
+        "judge (--judge-model, with --base-url for an OpenAI-compatible endpoint) reads each "
+        "text's stance 1..5 without the instruction; the output is Spearman, exact and "
+        "within-one agreement with the instructed level, per judge (every judge run on OUT is "
+        "in the table). --seed seeds the statement sample, the texts' sampling and the judge. Writes "
+        "OUT/judge/<name>.jsonl and .json.",
+    )
+    p.add_argument("--out", required=True, help="folder of the known-answer set")
+    p.add_argument(
+        "--generator",
+        required=True,
+        help="the model writing the texts: a palign model spec (alias, hub id, folder, .gguf), "
+        "or the model name at --generator-base-url",
+    )
+    p.add_argument(
+        "--generator-base-url",
+        default=None,
+        help="OpenAI-compatible endpoint of the generator (default: run --generator locally)",
+    )
+    p.add_argument(
+        "--judge-model",
+        required=True,
+        help="model name at the endpoint (with --base-url), else a palign model spec",
+    )
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="OpenAI-compatible endpoint of the judge (default: run --judge-model locally)",
+    )
+    p.add_argument(
+        "--items", type=int, default=10, help="test statements, a seeded sample (default 10)"
+    )
+    p.add_argument(
+        "--gen-max-tokens", type=int, default=160, help="text length limit (default 160)"
+    )
+    p.add_argument(
+        "--gen-temperature",
+        type=float,
+        default=0.7,
+        help="generator sampling temperature (default 0.7; 0 = greedy)",
+    )
+    p.add_argument(
+        "--rubric-check",
+        action="store_true",
+        help="also rate each text on the 1-6 rubric against its instructed label and the "
+        "mirrored one (6 - level); the matched target should score higher",
+    )
+    p.add_argument("--name", default=None, help="output name under OUT/judge/ (default: judge)")
+    data_args(p, semantics=False)
+    _add_judge_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    fmt_arg(p)
+    p.set_defaults(func=cmd_judge_validate)
 
     p = sub.add_parser(
         "judge-agreement",

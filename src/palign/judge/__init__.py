@@ -5,9 +5,13 @@
 - :mod:`palign.judge.client`: judge backends: :class:`OpenAIJudge` (any OpenAI-compatible
   endpoint through the official ``openai`` client), :class:`LocalJudge` (any palign model
   in-process) and the disk cache :class:`CachedJudge`.
-- :mod:`palign.judge.prompts`: the versioned question, rubric and pairwise prompts.
-- :mod:`palign.judge.parse`: the clean-parse rule and the probability-weighted score.
+- :mod:`palign.judge.prompts`: the versioned question, rubric (score-first and the paper's
+  reasoning protocol), pairwise and stance prompts.
+- :mod:`palign.judge.parse`: the clean-parse rules and the probability-weighted score read at
+  the choice's position.
 - :mod:`palign.judge.run`: ``judge_generations``, ``judge_pairwise``, ``agreement``.
+- :mod:`palign.judge.validate`: ``judge-validate``: known-answer texts at each stance 1..5 and
+  a judge's reading of them (``write_texts``, ``judge_texts``, ``stance_metrics``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from palign.judge.client import (
     OpenAIJudge,
 )
 from palign.judge.generate import GenerateConfig, load_generations, run_generate
-from palign.judge.parse import parse_choice, parse_score, weighted_score
+from palign.judge.parse import parse_choice, parse_judgement, parse_score, weighted_score
 from palign.judge.run import agreement, judge_generations, judge_pairwise
+from palign.judge.validate import ValidateConfig, judge_texts, stance_metrics, write_texts
 
 __all__ = [
     "CachedJudge",
@@ -30,12 +35,17 @@ __all__ = [
     "JudgeResponse",
     "LocalJudge",
     "OpenAIJudge",
+    "ValidateConfig",
     "agreement",
     "judge_generations",
     "judge_pairwise",
+    "judge_texts",
     "load_generations",
     "parse_choice",
+    "parse_judgement",
     "parse_score",
     "run_generate",
+    "stance_metrics",
     "weighted_score",
+    "write_texts",
 ]

@@ -2,9 +2,9 @@
 
 Both take a list of :class:`JudgeRequest` and return one :class:`JudgeResponse` each.
 :class:`CachedJudge` puts a disk cache in front of either: an answer is stored under
-``palign.paths.cache_dir("judge")`` keyed by the judge's identity (model name, or the local
-model's id and revision) and the full request (messages, max tokens, temperature, seed,
-logprobs), so judging the same generations again sends no request.
+``palign.paths.cache_dir("judge")`` keyed by the judge's identity (model name and base URL, or
+the local model's id and revision) and the full request (messages, max tokens, temperature,
+seed, logprobs), so judging the same generations again sends no request.
 
 Errors: a refused key (401/403), an unknown model (404), a rejected request (400) and an
 unreachable endpoint (after the retries) stop the run with a one-line
@@ -38,6 +38,13 @@ API_KEY_ENVS = ("PALIGN_JUDGE_API_KEY", "OPENAI_API_KEY")
 
 TOP_LOGPROBS = 20
 """Alternatives requested per generated token (the OpenAI maximum)."""
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds per request of :class:`OpenAIJudge` (the CLI's ``--timeout`` default too)."""
+
+CACHE_FORMAT = 2
+"""Part of every cache key; bumped when what a cached answer holds changes (2: candidates
+carry their character ``offset`` and the answer the resolved model)."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,14 @@ class JudgeResponse:
     Attributes:
         text: the judgement text ("" on error).
         candidates: per generated position whose token is a choice,
-            ``{"token": ..., "top": {token: logprob}}``; None when no logprobs came back.
+            ``{"token": ..., "top": {token: logprob}, "offset": first character of the token
+            in text, or None where the tokens do not spell the text}``; None when no logprobs
+            came back.
         finish_reason: ``stop``, ``length``...
         error: one line when the request failed after all retries.
         cached: answered from the disk cache.
+        model: the model that answered, as the endpoint resolved it (``response.model``,
+            e.g. ``gpt-4o-2024-08-06`` for ``gpt-4o``); a local judge's model id.
     """
 
     text: str = ""
@@ -84,13 +95,14 @@ class JudgeResponse:
     finish_reason: str | None = None
     error: str | None = None
     cached: bool = False
+    model: str | None = None
 
 
 class JudgeBackend(Protocol):
     """What a judge backend provides."""
 
     identity: str
-    """Cache identity: the model name (remote) or ``local:<id>@<revision>``."""
+    """Cache identity: ``<model>@<base URL>`` (remote) or ``local:<id>@<revision>``."""
     name: str
     """Default output name: the model name (remote) or ``local-<spec>``."""
 
@@ -113,17 +125,30 @@ def _first_line(x: object) -> str:
     return s[0][:300] if s else type(x).__name__
 
 
-def _candidates(content: Any, choices: str) -> list[dict[str, Any]] | None:
-    """Choice positions of an OpenAI ``logprobs.content`` list."""
+def _candidates(content: Any, choices: str, text: str) -> list[dict[str, Any]] | None:
+    """Choice positions of an OpenAI ``logprobs.content`` list, with their offsets in ``text``.
+
+    The tokens spell the text (offset = the summed lengths of the tokens before); an endpoint
+    that trims the text's ends is allowed for (the tokens' string must contain the text).
+    Where they do not spell it, the offsets are None (no weighted score is read).
+    """
     if not content:
         return None
+    toks = [t.token or "" for t in content]
+    joined = "".join(toks)
+    shift: int | None = 0
+    if joined != text:
+        k = joined.find(text) if text else -1
+        shift = k if k >= 0 else None
     out = []
-    for t in content:
-        s = (t.token or "").strip()
-        if len(s) == 1 and s in choices:
+    pos = 0
+    for t, s in zip(content, toks):
+        if len(s.strip()) == 1 and s.strip() in choices:
             top = {a.token: a.logprob for a in (t.top_logprobs or [])}
-            top.setdefault(t.token, t.logprob)
-            out.append({"token": t.token, "top": top})
+            top.setdefault(s, t.logprob)
+            off = None if shift is None else pos - shift
+            out.append({"token": s, "top": top, "offset": off})
+        pos += len(s)
     return out
 
 
@@ -149,7 +174,7 @@ class OpenAIJudge:
             ``http://127.0.0.1:8000/v1``.
         concurrency: requests in flight at once.
         retries: retries per request on 429/5xx/timeouts/malformed responses.
-        timeout: seconds per request.
+        timeout: seconds per request (:data:`DEFAULT_TIMEOUT`).
         backoff: first retry delay in seconds (doubled each retry, with jitter, capped at
             60 s; a ``Retry-After`` header of the response takes precedence).
     """
@@ -161,7 +186,7 @@ class OpenAIJudge:
         *,
         concurrency: int = 4,
         retries: int = 4,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT,
         backoff: float = 1.0,
     ) -> None:
         try:
@@ -180,7 +205,9 @@ class OpenAIJudge:
         self.retries = retries
         self.timeout = timeout
         self.backoff = backoff
-        self.identity = model
+        # the same model name at two endpoints is two judges (a local server's "gpt-4o" is
+        # not OpenAI's): the cache identity holds both
+        self.identity = f"{model}@{self.base_url}"
         self.name = model
         key = api_key()
         self.key_source = next((n for n in API_KEY_ENVS if os.environ.get(n)), None)
@@ -260,8 +287,11 @@ class OpenAIJudge:
                     raise ValueError("the response has no message content")
                 cands = None
                 if req.logprobs and ch.logprobs is not None:
-                    cands = _candidates(ch.logprobs.content, req.choices)
-                return JudgeResponse(text, cands, ch.finish_reason)
+                    cands = _candidates(ch.logprobs.content, req.choices, text)
+                model = getattr(r, "model", None)
+                return JudgeResponse(
+                    text, cands, ch.finish_reason, model=model if isinstance(model, str) else None
+                )
             except (o.AuthenticationError, o.PermissionDeniedError) as e:
                 raise _Fatal(
                     f"the judge endpoint {self.base_url} refused the API key (HTTP "
@@ -411,6 +441,8 @@ class LocalJudge:
                 for k in range(n):
                     piece = tok.decode([new[k]])
                     if len(piece.strip()) == 1 and piece.strip() in r.choices:
+                        # offset in the decoded text: the length of what precedes the token
+                        off = len(tok.decode(new[:k], skip_special_tokens=True))
                         lp = torch.log_softmax(g.logits[k][b].float(), dim=-1)
                         v, i = lp.topk(TOP_LOGPROBS)
                         top: dict[str, float] = {}
@@ -418,8 +450,9 @@ class LocalJudge:
                             t = tok.decode([tid])
                             top[t] = max(top.get(t, -1e30), val)
                         top.setdefault(piece, float(lp[new[k]]))
-                        cands.append({"token": piece, "top": top})
-            out.append(JudgeResponse(text, cands, finish))
+                        ok = text[off : off + len(piece)] == piece
+                        cands.append({"token": piece, "top": top, "offset": off if ok else None})
+            out.append(JudgeResponse(text, cands, finish, model=lm.model_id))
         return out
 
     def complete_many(
@@ -478,8 +511,10 @@ class CachedJudge:
         return {**self.backend.describe(), "cache": str(self.folder)}
 
     def key(self, req: JudgeRequest) -> str:
-        """sha256 of the judge identity and the full request."""
-        blob = json.dumps({"judge": self.identity, **asdict(req)}, sort_keys=True)
+        """sha256 of the judge identity, the full request and :data:`CACHE_FORMAT`."""
+        blob = json.dumps(
+            {"judge": self.identity, "format": CACHE_FORMAT, **asdict(req)}, sort_keys=True
+        )
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _path(self, key: str) -> Path:
@@ -492,7 +527,9 @@ class CachedJudge:
             return None
         try:
             d = json.loads(p.read_text())
-            return JudgeResponse(d["text"], d.get("candidates"), d.get("finish_reason"), None, True)
+            return JudgeResponse(
+                d["text"], d.get("candidates"), d.get("finish_reason"), None, True, d.get("model")
+            )
         except (json.JSONDecodeError, KeyError):
             return None
 
@@ -507,6 +544,7 @@ class CachedJudge:
             "text": resp.text,
             "candidates": resp.candidates,
             "finish_reason": resp.finish_reason,
+            "model": resp.model,
         }
 
         def write(tmp: str) -> None:

@@ -1,14 +1,16 @@
 """Judging generation folders: rubric scores, pairwise comparisons, agreement between judges.
 
 ``judge_generations`` sends each (statement, the person's answer as its Likert label,
-generated text) to the judge with the 1-6 rubric and writes ``DIR/judge/<name>.jsonl``
-(per-item scores) and ``DIR/judge/<name>.json`` (settings, per-trait means with 95%
-intervals, unparsed rate). Two scores per item:
+generated text) to the judge with the 1-6 rubric under a protocol (``score-first``, the
+default, or the paper's ``reasoning``) and writes ``DIR/judge/<name>.jsonl`` (per-item
+scores) and ``DIR/judge/<name>.json`` (settings, per-trait means with 95% intervals, unparsed
+rate). Two scores per item:
 
 - ``score``: the clean-parsed choice of the judgement (:func:`palign.judge.parse.parse_score`);
   items without a clean parse are *unparsed* and left out of the means.
-- ``weighted``: ``sum_k k p_k`` over the six choices at the final choice token, where the
-  judge returned log-probabilities (only for cleanly parsed judgements).
+- ``weighted``: ``sum_k k p_k`` over the six choices at the choice's position (the first
+  token for ``score-first``, the first bare choice line for ``reasoning``), where the judge
+  returned log-probabilities (only for cleanly parsed judgements).
 
 ``judge_pairwise`` shows the judge the person's profile and two answers to the same question
 in both orders and reports the first folder's win rate. ``agreement`` compares two judges'
@@ -29,7 +31,7 @@ from palign.errors import PalignError
 from palign.judge import prompts
 from palign.judge.client import JudgeRequest
 from palign.judge.generate import _write_jsonl, load_generations, read_jsonl
-from palign.judge.parse import choice_distribution, parse_choice, parse_score, weighted_score
+from palign.judge.parse import choice_distribution, parse_choice, parse_judgement
 
 RESULTS_FORMAT = 1
 
@@ -67,8 +69,9 @@ def judge_generations(
     judge: Any,
     *,
     name: str | None = None,
+    protocol: str = "score-first",
     temperature: float = 0.0,
-    max_tokens: int = 512,
+    max_tokens: int | None = None,
     seed: int = 0,
     logprobs: bool = True,
     progress: bool = True,
@@ -79,8 +82,13 @@ def judge_generations(
         folder: a folder written by :func:`palign.judge.generate.run_generate`.
         judge: a backend (:class:`~palign.judge.client.CachedJudge` recommended).
         name: output name under ``folder/judge/`` (default: the judge's model name, or
-            ``local-<spec>`` for a local judge).
+            ``local-<spec>`` for a local judge; ``-reasoning`` appended for that protocol).
+        protocol: ``score-first`` or ``reasoning`` (:data:`palign.judge.prompts.PROTOCOLS`).
+        max_tokens: judgement length (default: 16 for score-first, 512 for reasoning).
     """
+    prompts.check_protocol(protocol)
+    if max_tokens is None:
+        max_tokens = prompts.default_max_tokens(protocol)
     folder = Path(folder)
     gcfg, rows = load_generations(folder)
     if not rows:
@@ -92,7 +100,7 @@ def judge_generations(
     inv_traits = list(dict.fromkeys(r["trait"] for r in rows))
     reqs = [
         JudgeRequest(
-            prompts.rubric_prompt(r["statement"], r["answer_label"], r["text"]),
+            prompts.rubric_prompt(r["statement"], r["answer_label"], r["text"], protocol),
             prompts.SCORE_CHOICES,
             max_tokens,
             temperature,
@@ -107,21 +115,21 @@ def judge_generations(
     elapsed = time.perf_counter() - t
     items = []
     for r, q in zip(rows, resps):
-        score = None if q.error else parse_score(q.text)
-        w = weighted_score(q.candidates) if score is not None else None
-        dist = choice_distribution(q.candidates, prompts.SCORE_CHOICES) if score else None
+        rd = read_choice(q, prompts.SCORE_CHOICES, protocol)
         items.append(
             {
                 "person": r["person"],
                 "item": r["item"],
                 "trait": r["trait"],
                 "answer": r["answer"],
-                "score": score,
-                "weighted": None if w is None else round(w, 4),
-                "choice_mass": None if dist is None else round(dist[1], 4),
+                "score": rd["choice"],
+                "weighted": rd["weighted"],
+                "choice_mass": rd["mass"],
+                "choice_offset": rd["offset"],
                 "error": q.error,
                 "cached": q.cached,
                 "finish_reason": q.finish_reason,
+                "judge_model": q.model,
                 "judgement": q.text,
             }
         )
@@ -132,17 +140,18 @@ def judge_generations(
         "mode": "score",
         "generations": str(folder),
         "generation_config": gcfg,
-        "judge": judge.describe(),
+        "judge": {**judge.describe(), "resolved_models": resolved_models(resps)},
+        "protocol": protocol,
         "sampling": {
             "temperature": temperature,
             "max_tokens": max_tokens,
             "seed": seed,
             "logprobs": logprobs,
         },
-        "prompts": {"rubric_version": prompts.RUBRIC_VERSION},
+        "prompts": {"rubric_version": prompts.rubric_version(protocol)},
         "scores_used": {
             "score": "clean-parsed sampled choice (unparsed items excluded)",
-            "weighted": "sum_k k*p_k over the six choices at the final choice token "
+            "weighted": "sum_k k*p_k over the six choices at " + WEIGHTED_AT[protocol] + " "
             "(log-probabilities; only where the endpoint returned them)",
         },
         **summary,
@@ -158,13 +167,45 @@ def judge_generations(
         },
     }
     out = folder / "judge"
-    stem = judge_slug(name or judge.name)
+    stem = judge_slug(name or default_name(judge.name, protocol))
     _write_jsonl(out / f"{stem}.jsonl", items)
     from palign.eval.runs import write_json_atomic
 
     write_json_atomic(out / f"{stem}.json", result)
     result["items_file"] = str(out / f"{stem}.jsonl")
     return result
+
+
+WEIGHTED_AT = {
+    "score-first": "the first token (the score the reply starts with)",
+    "reasoning": "the first bare choice line (not its repetition)",
+}
+"""Where the weighted score is read, per protocol (recorded in every result)."""
+
+
+def default_name(judge_name: str, protocol: str) -> str:
+    """The default output name: the judge's name, ``-reasoning`` appended for that protocol."""
+    return judge_name if protocol == "score-first" else f"{judge_name}-{protocol}"
+
+
+def resolved_models(resps: list[Any]) -> list[str]:
+    """The distinct models that answered (``response.model``), in order of appearance."""
+    return list(dict.fromkeys(r.model for r in resps if getattr(r, "model", None)))
+
+
+def read_choice(resp: Any, choices: str, protocol: str) -> dict[str, Any]:
+    """A response's parsed choice (int), its character offset, weighted score and mass."""
+    p = None if resp.error else parse_judgement(resp.text, choices, protocol)
+    if p is None:
+        return {"choice": None, "offset": None, "weighted": None, "mass": None}
+    d = choice_distribution(resp.candidates, choices, p[1])
+    w = None if d is None else sum(int(k) * v for k, v in d[0].items())
+    return {
+        "choice": int(p[0]),
+        "offset": p[1],
+        "weighted": None if w is None else round(w, 4),
+        "mass": None if d is None else round(d[1], 4),
+    }
 
 
 def summarize_scores(items: list[dict[str, Any]], traits: list[str]) -> dict[str, Any]:
@@ -200,7 +241,7 @@ def judge_pairwise(
     *,
     name: str | None = None,
     temperature: float = 0.0,
-    max_tokens: int = 512,
+    max_tokens: int | None = None,
     seed: int = 0,
     logprobs: bool = True,
     progress: bool = True,
@@ -218,6 +259,8 @@ def judge_pairwise(
     """
     from palign.data import run_dataset
 
+    if max_tokens is None:
+        max_tokens = prompts.REASONING_MAX_TOKENS  # the pairwise prompt asks for reasoning
     folder_a, folder_b = Path(folder_a), Path(folder_b)
     cfg_a, rows_a = load_generations(folder_a)
     cfg_b, rows_b = load_generations(folder_b)
@@ -301,7 +344,7 @@ def judge_pairwise(
         "mode": "pairwise",
         "a": {"folder": str(folder_a), "method": cfg_a.get("method"), "model": cfg_a.get("model")},
         "b": {"folder": str(folder_b), "method": cfg_b.get("method"), "model": cfg_b.get("model")},
-        "judge": judge.describe(),
+        "judge": {**judge.describe(), "resolved_models": resolved_models(resps)},
         "sampling": {
             "temperature": temperature,
             "max_tokens": max_tokens,
