@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="PAPI folder (default: $PALIGN_DATA)")
     p.add_argument("--out", default=None)
     p.add_argument("--resume", action="store_true", help="keep finished methods of --out")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated variants to run (always with none, the baseline); default all",
+    )
     return p.parse_args(argv)
 
 
@@ -212,7 +217,9 @@ def markdown(d: dict[str, Any]) -> str:
                 f"{rf:.2f} | {rt:.2f} | {rr:.2f} | {r['total_cpu_s']:.1f} | {rc:.2f} | "
                 f"{'yes' if not res['mismatches'] else 'NO'} |"
             )
-        cuts = res["variants"]["stop"]["alpha_cuts"]
+        # the early stop's cuts: from the variant that has only it, else from "all"
+        stopped = res["variants"].get("stop") or res["variants"].get("all") or base
+        cuts = stopped.get("alpha_cuts") or []
         lines.append("")
         lines.append(
             f"{m}: chosen alphas {res['variants']['none']['alphas']}; alphas cut by the early "
@@ -236,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     from palign.models.loading import load_model
 
     out = Path(args.out or f"benchmarks/results/pas_speedups-{args.model}.json")
+    wanted = {v.strip() for v in args.variants.split(",") if v.strip()} | {"none"}
+    unknown = wanted - set(VARIANTS)
+    if unknown:
+        print(f"pas_speedups: error: unknown variants {sorted(unknown)}; use {list(VARIANTS)}")
+        return 2
+    names_all = [v for v in VARIANTS if v in wanted]
     ds = load_dataset(args.data, "ipip-neo")
     if args.max_shown:
         inv = copy.copy(ds.inventory)
@@ -277,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "steer_position": "all",
             "readout": "logits",
+            "variants": names_all,
         },
         "methods": {},
     }
@@ -295,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # the contrastive activations, captured once (disk cache) before any timing
         get_method(m, MethodConfig("agreement", args.seed, dict(opts))).setup(lm, ds)
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in VARIANTS}
-        names = list(VARIANTS)
+        names = list(names_all)
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
         for rep in range(args.repeats):
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
