@@ -287,7 +287,8 @@ def markdown(d: dict[str, Any]) -> str:
     """The Markdown page of a report."""
     traits = d["traits"]
     lines = [
-        f"# PAPI results: {d['name']}",
+        f"# {'PAPI' if d['inventory'] == 'ipip-neo' else d['inventory'].upper()} results: "
+        f"{d['name']}",
         "",
         f"Model `{d['model']}` ({d.get('model_id')}), inventory {d['inventory']}, {d['semantics']} "
         f"semantics, {len(d['persons'])} persons, {d['n_items']} test items each, seed {d['seed']}. "
@@ -298,6 +299,7 @@ def markdown(d: dict[str, Any]) -> str:
         f"{len(d['persons'])} --name {d['name']}"
         + (f" --max-items {d['n_items']}" if d.get("max_items") else "")
         + (f" --semantics {d['semantics']}" if d["semantics"] != "agreement" else "")
+        + (f" --inventory {d['inventory']}" if d["inventory"] != "ipip-neo" else "")
         + (f" --methods {','.join(d['methods'])}" if d.get("methods") else "")
         + "` (finished runs in `runs/<name>/` are reused).",
         "",
@@ -353,7 +355,7 @@ def markdown(d: dict[str, Any]) -> str:
         van = next((r for r in per if r["name"] == "vanilla"), None)
         lines += [
             "",
-            "## Per person (sum of the five trait MAEs; chosen alpha in brackets)",
+            f"## Per person (sum of the {len(traits)} trait MAEs; chosen alpha in brackets)",
             "",
             "| person | " + " | ".join(r["name"] for r in per) + " |",
             "|---|" + "---|" * len(per),
