@@ -83,6 +83,43 @@ def _adapter_model_spec(folder: Path) -> str | None:
     return extra.get("model_spec") or (cfg.get("base_model") or {}).get("id")
 
 
+def export_record(
+    src: Path,
+    pas: Any,
+    alpha: float,
+    fitted: str,
+    system_prompt: str | None,
+    base_model: dict[str, Any],
+    *,
+    fmt: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The record an export keeps beside its weights (folder) or in its metadata (GGUF): the
+    adapter, person, alpha, steering position, system prompt and base model, then ``extra``
+    (the export kind's own fields), the palign version and the time."""
+    record: dict[str, Any] = {"kind": "palign-export"}
+    if fmt is not None:
+        record["format"] = fmt
+    record |= {
+        "adapter": str(src.resolve()),
+        "person": pas.config.get("person"),
+        "alpha": alpha,
+        "steer_position": "all",
+        "fitted_steer_position": fitted,
+        "steer_position_acknowledged": fitted != "all",
+        "system_prompt": system_prompt,
+        "base_model": base_model,
+    }
+    return (
+        record
+        | extra
+        | {
+            "palign_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+
+
 def check_position(
     src: Path, pas: Any, steer_position: str | None, what: str = "an o_proj bias"
 ) -> str:
@@ -415,26 +452,21 @@ def export_adapter(
         finally:
             lm.tokenizer.chat_template = old_template
         _v4_compatible(tmp, want, template)
-        record: dict[str, Any] = {
-            "kind": "palign-export",
-            "adapter": str(src.resolve()),
-            "person": pas.config.get("person"),
-            "alpha": a,
-            "steer_position": "all",
-            "fitted_steer_position": fitted,
-            "steer_position_acknowledged": fitted != "all",
-            "system_prompt": system_prompt,
-            "base_model": {
+        record = export_record(
+            src,
+            pas,
+            a,
+            fitted,
+            system_prompt,
+            {
                 "id": lm.model_id,
                 "revision": lm.revision,
                 "model_type": lm.model.config.model_type,
             },
-            "exported_model_type": cfg.model_type,
-            "dtype": str(next(lm.model.parameters()).dtype).replace("torch.", ""),
-            "dtype_source": dtype_source,
-            "palign_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+            exported_model_type=cfg.model_type,
+            dtype=str(next(lm.model.parameters()).dtype).replace("torch.", ""),
+            dtype_source=dtype_source,
+        )
         if verify:
             with _quiet_progress():
                 exported = AutoModelForCausalLM.from_pretrained(

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +184,12 @@ def export_gguf(
     from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
     from palign.models.loading import LoadedModel, load_model
-    from palign.serve.export import _adapter_model_spec, _sys_template, check_position
+    from palign.serve.export import (
+        _adapter_model_spec,
+        _sys_template,
+        check_position,
+        export_record,
+    )
     from palign.steering.adapter import ADAPTER_CONFIG, load_adapter
 
     if steer_position not in (None, "all"):
@@ -248,23 +252,18 @@ def export_gguf(
     system_prompt = (pas.config.get("extra") or {}).get("system_prompt")
     template = _sys_template(lm.tokenizer, system_prompt)
     a = float(pas.alpha if alpha is None else alpha)
-    record: dict[str, Any] = {
-        "kind": "palign-export",
-        "format": "gguf",
-        "adapter": str(src.resolve()),
-        "person": pas.config.get("person"),
-        "alpha": a,
-        "steer_position": "all",
-        "fitted_steer_position": fitted,
-        "steer_position_acknowledged": fitted != "all",
-        "system_prompt": system_prompt,
-        "base_model": {"id": lm.model_id, "revision": lm.revision, "gguf": path.name},
-        "architecture": arch,
-        "bias_tensors": n_layers,
-        "bias_dtype": "F32",
-        "palign_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    record = export_record(
+        src,
+        pas,
+        a,
+        fitted,
+        system_prompt,
+        {"id": lm.model_id, "revision": lm.revision, "gguf": path.name},
+        fmt="gguf",
+        architecture=arch,
+        bias_tensors=n_layers,
+        bias_dtype="F32",
+    )
     keys: dict[str, Any] = {
         "palign.person": str(record["person"] or ""),
         "palign.alpha": a,
