@@ -21,9 +21,19 @@ from palign.steering.arch import resolve_arch
 GRID = [0.0, 2.0, 8.0]
 
 
-def _scripted_pas(tiny_lm: LoadedModel, tiny: Dataset, readout: str) -> PAS:
+def _scripted_pas(
+    tiny_lm: LoadedModel, tiny: Dataset, readout: str, fold_heads: str = "refit"
+) -> PAS:
     pas = PAS(
-        MethodConfig(options={"k": 4, "alpha_grid": GRID, "folds": 3, "selection_readout": readout})
+        MethodConfig(
+            options={
+                "k": 4,
+                "alpha_grid": GRID,
+                "folds": 3,
+                "selection_readout": readout,
+                "fold_heads": fold_heads,
+            }
+        )
     )
     inv = tiny.inventory
     person = tiny.persons[0]
@@ -70,13 +80,44 @@ def test_unparsed_answers_count_as_error_four(tiny_lm, tiny, readout) -> None:
     assert res.alpha == 0.0
 
 
-def test_select_alpha_many_equals_select_alpha(tiny_lm, tiny) -> None:
-    """The batched selection and the per-person one give the same errors for every person."""
-    many = _scripted_pas(tiny_lm, tiny, "generate")
-    one = _scripted_pas(tiny_lm, tiny, "logits")
+@pytest.mark.parametrize("fold_heads", ["refit", "final"])
+def test_select_alpha_many_equals_select_alpha(tiny_lm, tiny, fold_heads, monkeypatch) -> None:
+    """The batched selection and the per-person one give the same errors for every person
+    (also with the folds keeping the final fit's heads: both paths refit the same folds)."""
+    import palign.steering.pas as steering_pas
+
+    many = _scripted_pas(tiny_lm, tiny, "generate", fold_heads)
+    one = _scripted_pas(tiny_lm, tiny, "logits", fold_heads)
+    heads: list[list] = []
+    real = steering_pas.layer_vectors_grid
+
+    def spy(fit, alphas, w_o):  # type: ignore[no-untyped-def]
+        heads.append(list(fit.heads))
+        return real(fit, alphas, w_o)
+
+    monkeypatch.setattr(steering_pas, "layer_vectors_grid", spy)
     person = tiny.persons[0]
     # without the early stop (tested in test_pas_early_stop.py): every alpha's full error
     ((alpha, errors),) = many.select_alpha_many(tiny_lm, tiny, [person], early_stop=False)
     res = one.fit_result(tiny_lm, tiny, person)
     assert errors == pytest.approx(res.validation_errors, abs=1e-12)
     assert alpha == res.alpha
+    assert heads[:3] == heads[3:]  # the same fold fits in both paths
+    if fold_heads == "final":
+        assert all(h == list(res.fit.heads) for h in heads)
+    assert one.record()["fold_heads"] == fold_heads
+
+
+def test_fold_heads_option_is_checked_and_plumbed() -> None:
+    import argparse
+
+    from palign.cli.common import add_pas_args, pas_options
+    from palign.errors import PalignError
+
+    ap = argparse.ArgumentParser()
+    add_pas_args(ap)
+    assert pas_options(ap.parse_args(["--fold-heads", "final"])) == {"fold_heads": "final"}
+    assert "fold_heads" not in pas_options(ap.parse_args([]))  # default: not in the identity
+    assert PAS(MethodConfig(options={"fold_heads": "final"})).fold_heads == "final"
+    with pytest.raises(PalignError, match="unknown fold heads 'x'"):
+        PAS(MethodConfig(options={"fold_heads": "x"}))

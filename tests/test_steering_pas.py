@@ -242,3 +242,70 @@ def test_fit_person_on_cuda() -> None:
     assert gpu.heads == cpu.heads
     torch.testing.assert_close(gpu.directions, cpu.directions, rtol=1e-4, atol=1e-5)
     assert gpu.directions.device.type == "cpu"
+
+
+# --- fold_heads="final": folds keep the final fit's heads --------------------------------
+
+
+def test_refit_directions_is_the_mass_mean_on_the_given_answers() -> None:
+    """The same heads, directions and scales re-stated by hand (numpy) on a fold's answers."""
+    acts, answers, _ = person_data()
+    final = fit_person(acts, answers, K=3)
+    same = pas.refit_directions(final, acts, answers)
+    assert same.heads == final.heads
+    torch.testing.assert_close(same.directions, final.directions)
+    torch.testing.assert_close(same.sigmas, final.sigmas)
+    fold = np.nan_to_num(answers).copy()
+    fold[:20] = 0.0
+    got = pas.refit_directions(final, acts, fold)
+    assert got.heads == final.heads and got.n_items == int(((fold > 0) & (fold != 3)).sum())
+    y = labels_for(fold).numpy()
+    X = acts.double().numpy()
+    for k, (layer, head) in enumerate(final.heads):
+        xs = X[:, layer, head]
+        d = xs[y == 1].mean(0) - xs[y == 0].mean(0)
+        d = d / np.linalg.norm(d)
+        np.testing.assert_allclose(got.directions[k].numpy(), d, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            float(got.sigmas[k]), np.std(xs[y >= 0] @ d), rtol=1e-5, atol=1e-6
+        )
+    assert not torch.allclose(got.directions, final.directions)
+    with pytest.raises(PalignError, match="at least 2"):
+        pas.refit_directions(final, acts, np.zeros_like(fold))
+    with pytest.raises(PalignError, match="unknown fold heads"):
+        select_alpha(acts, answers, lambda u, h: None, w_o_list(), fold_heads="x")
+
+
+def test_select_alpha_fold_heads_final_keeps_the_final_heads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every fold scores the final fit's heads with directions refitted without the fold;
+    the default (refit) refits heads per fold and so differs on this person."""
+    acts, answers, _ = person_data(n_items=30)
+    final = fit_person(acts, answers, K=4)
+    used: list[pas.PASFit] = []
+    real = pas.layer_vectors_grid
+
+    def spy(fit, alphas, w_o):  # type: ignore[no-untyped-def]
+        used.append(fit)
+        return real(fit, alphas, w_o)
+
+    monkeypatch.setattr(pas, "layer_vectors_grid", spy)
+    seen: list[list[int]] = []
+    score = _score_fn_factory(answers, 2.0, seen)
+    select_alpha(acts, answers, score, w_o_list(), K=4, fold_heads="final")
+    assert len(used) == 3
+    for fit, held in zip(used, seen):
+        assert fit.heads == final.heads
+        train = np.nan_to_num(answers).copy()
+        train[held] = 0.0
+        torch.testing.assert_close(
+            fit.directions, pas.refit_directions(final, acts, train).directions
+        )
+    used.clear()
+    select_alpha(acts, answers, score, w_o_list(), K=4)
+    assert any(f.heads != final.heads for f in used)  # refit: the heads move between folds
+    # fit_pas passes it through
+    used.clear()
+    fit_pas(acts, answers, w_o_list(), score_fn=score, K=4, fold_heads="final")
+    assert all(f.heads == final.heads for f in used)

@@ -129,6 +129,14 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
         "an item on one side) or over samples (samples: as the original code)",
     )
     g.add_argument(
+        "--fold-heads",
+        default=None,
+        choices=("refit", "final"),
+        help="held-out alpha search: each fold refits the heads (refit, default) or keeps the "
+        "heads of the fit on all shown items and refits only their directions (final; see "
+        "docs/results/alpha-selection.md)",
+    )
+    g.add_argument(
         "--o-proj-path",
         default=None,
         help="module path template of the attention output projection for architectures palign "
@@ -154,6 +162,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
         "folds",
         "head_rank",
         "probe_split",
+        "fold_heads",
         "o_proj_path",
         "steer_position",
         "allow_dev_persons",

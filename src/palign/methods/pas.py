@@ -132,7 +132,10 @@ class PAS(Method):
     ``folds`` (default 3), ``head_rank`` (mean | val: heads ranked by the mean of validation
     and training probe accuracy, the original's and the default, or by validation accuracy),
     ``probe_split`` (items | samples: the probes' 60/40 split over items, palign's default,
-    or over samples, the original code's), ``o_proj_path`` (module path template for
+    or over samples, the original code's), ``fold_heads`` (refit | final: in the held-out
+    search each fold refits the heads, the default, or keeps the heads of the fit on all
+    shown items and refits only their directions; a candidate of the alpha study),
+    ``o_proj_path`` (module path template for
     unknown architectures),
     ``batch_size`` (readout rows per forward during selection, default 32),
     ``steer_position`` (all | last: the shift at every position of every forward, the
@@ -173,6 +176,9 @@ class PAS(Method):
         self.share_lower = bool(o.get("share_lower_layers", True))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
         self.probe_split = check_probe_split(str(o.get("probe_split", DEFAULT_PROBE_SPLIT)))
+        from palign.steering.pas import check_fold_heads
+
+        self.fold_heads = check_fold_heads(str(o.get("fold_heads", "refit")))
         from palign.models.readout import check_position
 
         self.position = check_position(str(o.get("steer_position", "all")))
@@ -339,6 +345,7 @@ class PAS(Method):
                 grid=self.grid,
                 k_folds=self.folds,
                 item_ids=inv.shown_ids,
+                fold_heads=self.fold_heads,
                 **self._fit_kw(),
             )
         if self.selection == "fixed":
@@ -399,6 +406,7 @@ class PAS(Method):
             fold_assignment,
             layer_vectors_grid,
             ranks_behind,
+            refit_directions,
         )
 
         inv = dataset.inventory
@@ -415,6 +423,11 @@ class PAS(Method):
             folds = fold_assignment(answered.numel(), self.folds, self.config.seed, ids)
             state.append(
                 {
+                    "final": (
+                        fit_person(self.acts, a, **self._fit_kw())
+                        if self.fold_heads == "final"
+                        else None
+                    ),
                     "person": p,
                     "a": a,
                     "answered": answered,
@@ -438,7 +451,10 @@ class PAS(Method):
                 if f not in s["fits"]:
                     train = s["a"].clone()
                     train[held] = 0.0
-                    s["fits"][f] = fit_person(self.acts, train, **self._fit_kw())
+                    if s["final"] is not None:  # fold_heads="final": the final fit's heads
+                        s["fits"][f] = refit_directions(s["final"], self.acts, train)
+                    else:
+                        s["fits"][f] = fit_person(self.acts, train, **self._fit_kw())
                 u = layer_vectors_grid(s["fits"][f], [self.grid[i] for i in alphas], self.arch)
                 hidden_ids = {shown[i] for i in held.tolist()}
                 sys_prompt = self.system_prompt(dataset, s["person"], hidden_ids)
@@ -687,6 +703,7 @@ class PAS(Method):
             "folds": self.folds,
             "head_rank": self.head_rank,
             "probe_split": self.probe_split,
+            "fold_heads": self.fold_heads,
             "steer_position": self.position,
             "selection_readout": self.selection_readout,
             "alpha_early_stop": self.early_stop,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,10 @@ __all__ = [
     "fit_person",
     "check_head_rank",
     "check_probe_split",
+    "check_fold_heads",
+    "FOLD_HEADS",
     "fold_assignment",
+    "refit_directions",
     "seeded_item_order",
     "head_scores",
     "labels_for",
@@ -310,6 +313,34 @@ def fit_person(
     )
 
 
+FOLD_HEADS: tuple[str, ...] = ("refit", "final")
+
+
+def check_fold_heads(value: str) -> str:
+    """``refit`` (default: every fold refits the heads too) or ``final`` (every fold keeps the
+    final fit's heads and refits only their directions and scales)."""
+    if value not in FOLD_HEADS:
+        raise PalignError(f"unknown fold heads {value!r}; use refit or final")
+    return value
+
+
+def refit_directions(fit: PASFit, acts: torch.Tensor, answers: Any) -> PASFit:
+    """``fit`` with the same heads and new mass-mean directions and scales from ``answers``
+    (0/NaN = not used): a fold's refit that keeps the final fit's head choice.
+
+    The probes are not refitted (``val_accuracy`` / ``train_accuracy`` stay the final fit's:
+    they rank heads, which are kept)."""
+    a = _answers_tensor(answers)
+    _check_acts(acts, a.shape[0])
+    usable = int(((a > 0) & (a != 3)).sum())
+    if usable < 2:
+        raise PalignError(
+            f"PAS needs at least 2 answered non-neutral items, this fold has {usable}"
+        )
+    dirs, sig = mass_mean_directions(acts, labels_for(a), fit.heads)
+    return replace(fit, directions=dirs, sigmas=sig, n_items=usable)
+
+
 def _probe_accuracy(
     acts: torch.Tensor,
     y: torch.Tensor,
@@ -449,6 +480,7 @@ def select_alpha(
     item_ids: Sequence[str] | None = None,
     head_rank: str = DEFAULT_HEAD_RANK,
     probe_split: str = DEFAULT_PROBE_SPLIT,
+    fold_heads: str = "refit",
 ) -> tuple[float, dict[float, float]]:
     """Choose alpha by seeded k-fold cross-validation over the *shown* items.
 
@@ -474,10 +506,16 @@ def select_alpha(
             :func:`fold_assignment`).
         head_rank: head ranking of the refits (see :func:`fit_person`).
         probe_split: probe split of the refits (see :func:`fit_person`).
+        fold_heads: ``"refit"`` (default, the original's protocol applied per fold: a fold
+            refits the heads too) or ``"final"``: every fold keeps the heads of the fit on
+            all shown items and refits only their directions and scales
+            (:func:`refit_directions`). The held-out items' answers still never enter a
+            fold's directions, but they did take part in choosing the heads.
 
     Returns:
         ``(alpha, {alpha: mean absolute error})``.
     """
+    check_fold_heads(fold_heads)
     alphas = [float(x) for x in grid]
     if not alphas:
         raise PalignError("the alpha grid is empty; give at least one alpha")
@@ -490,13 +528,16 @@ def select_alpha(
     folds = fold_assignment(answered.numel(), k_folds, seed, ids)
     total = torch.zeros(len(alphas), dtype=torch.float64)
     count = 0
+    kw = {"K": K, "seed": seed, "head_rank": head_rank, "probe_split": probe_split}
+    final = fit_person(acts, a, **kw) if fold_heads == "final" else None
     for fold in folds:
         held = answered[torch.tensor(fold, dtype=torch.long)]
         train_answers = a.clone()
         train_answers[held] = 0.0
-        fit = fit_person(
-            acts, train_answers, K=K, seed=seed, head_rank=head_rank, probe_split=probe_split
-        )
+        if final is not None:
+            fit = refit_directions(final, acts, train_answers)
+        else:
+            fit = fit_person(acts, train_answers, **kw)
         u = layer_vectors_grid(fit, alphas, w_o)
         held_list = held.tolist()
         pred = score_fn(u, held_list)
@@ -597,6 +638,7 @@ def fit_pas(
     item_ids: Sequence[str] | None = None,
     head_rank: str = DEFAULT_HEAD_RANK,
     probe_split: str = DEFAULT_PROBE_SPLIT,
+    fold_heads: str = "refit",
 ) -> PASResult:
     """Fit PAS on all shown items; alpha fixed, or selected by :func:`select_alpha`.
 
@@ -607,7 +649,8 @@ def fit_pas(
         alpha: a fixed alpha (``alpha_selection="fixed"``); ``None`` = cross-validate
             over ``grid`` with ``score_fn`` (``"heldout-kfold"``).
         score_fn: required when ``alpha`` is ``None``.
-        grid, k_folds, seed, K, item_ids, head_rank, probe_split: as in :func:`select_alpha`.
+        grid, k_folds, seed, K, item_ids, head_rank, probe_split, fold_heads: as in
+            :func:`select_alpha`.
     """
     if alpha is None:
         if score_fn is None:
@@ -624,6 +667,7 @@ def fit_pas(
             item_ids=item_ids,
             head_rank=head_rank,
             probe_split=probe_split,
+            fold_heads=fold_heads,
         )
         how = "heldout-kfold"
     else:
