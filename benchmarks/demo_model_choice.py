@@ -99,8 +99,11 @@ def table_rows(ds: Any, runs: Path, table: str, entries: list[str]) -> dict[str,
     if len(models) != 1:
         raise SystemExit(f"demo_model_choice: error: entries of {table} hold models {models}")
     rows.sort(key=lambda r: order.get(r["person"], len(order)))
-    model = models.pop()
-    entry = ",".join(entries)
+    return _summarised(rows, table, ",".join(entries), models.pop())
+
+
+def _summarised(rows: list[dict[str, Any]], table: str, entry: str, model: str) -> dict[str, Any]:
+    """Rows of one model with their summary."""
     n = len(rows)
 
     def mean(k: str) -> float | None:
@@ -132,6 +135,40 @@ def table_rows(ds: Any, runs: Path, table: str, entries: list[str]) -> dict[str,
             "moved_toward_person": len(moved),
         },
     }
+
+
+def study_rows(ds: Any, runs: Path, model: str, choices_spec: str) -> dict[str, Any]:
+    """The same figures from the alpha study's reported persons (``alpha_study.py --persons
+    reported:N``: the test curve at every alpha): alpha 0 (vanilla) against the alpha the
+    held-out search chose for the person in a PAPI table (``PATH[:ENTRY]``). The study keeps
+    the answers only, so the correlation is that of the answers (not the expected answer)."""
+    sys.path.insert(0, str(HERE))
+    from alpha_study import load_heldout_choices
+
+    inv = ds.inventory
+    alphas, label = load_heldout_choices(choices_spec)
+    rows = []
+    for f in sorted((runs / f"alpha-study-{model}" / "persons").glob("*.json")):
+        rec = json.loads(f.read_text())
+        if rec.get("set") != "reported" or "test" not in rec or rec["person"] not in alphas:
+            continue
+        grid = [format(float(g), "g") for g in rec["grid"]]
+        chosen = format(alphas[rec["person"]], "g")
+        if chosen not in grid or "0" not in grid:
+            continue
+        ids = rec["test_ids"]
+        van = dict(zip(ids, rec["test"][grid.index("0")]))
+        met = dict(zip(ids, rec["test"][grid.index(chosen)]))
+        row = person_row(
+            inv,
+            ds.person(rec["person"]),
+            {"answers": van, "expected": van},
+            {"answers": met, "expected": met, "info": {"alpha": alphas[rec["person"]]}},
+        )
+        rows.append(row)
+    order = {p.id: k for k, p in enumerate(ds.persons)}
+    rows.sort(key=lambda r: order.get(r["person"], len(order)))
+    return _summarised(rows, f"alpha-study-{model}", f"held-out alphas of {label}", model)
 
 
 def _f(v: float | None, nd: int = 2) -> str:
@@ -179,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--table",
         action="append",
-        required=True,
+        default=[],
         help="runs/<TABLE>[:ENTRY,...] (repeatable): the method entries beside its vanilla "
         "(default pas@all)",
+    )
+    ap.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        help="MODEL=PATH[:ENTRY]: also the alpha study's reported persons of MODEL, vanilla "
+        "(alpha 0) against the held-out alphas of a PAPI table JSON (repeatable)",
     )
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--data", default=None)
@@ -199,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.table:
         table, _, entries = spec.partition(":")
         results.append(table_rows(ds, Path(args.runs), table, (entries or "pas@all").split(",")))
+    for spec in args.study:
+        model, _, choices = spec.partition("=")
+        results.append(study_rows(ds, Path(args.runs), model, choices))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": sys.argv, "results": results}, indent=1))
     print(markdown(results))

@@ -132,9 +132,61 @@ def test_alpha_study_rules_and_scores() -> None:
     assert held["alphas"] == [2.0, 0.0] and held["mean_sum"] == pytest.approx(4.0)
     floor = alpha_study.score_rule({"kind": "heldout-floor", "floor": 1.0}, per)
     assert floor["alphas"] == [2.0, 1.0] and floor["nonzero"] == 2
+    per["a"]["heldout_variants"] = {"folds=10": {"0": 1.0, "1": 0.5, "2": 0.9}}
+    per["b"]["heldout_variants"] = {"folds=10": {"0": 0.7, "1": 0.9, "2": 0.6}}
+    var = alpha_study.score_rule({"kind": "heldout-variant", "variant": "folds=10"}, per)
+    assert var["alphas"] == [1.0, 2.0] and var["mean_sum"] == pytest.approx(2.5)
+    assert alpha_study.variant_name("fold_heads=final,folds=10") == "fold_heads=final,folds=10"
+    assert alpha_study.parse_variant("folds=10") == {"folds": 10}
+    for bad in ("folds=1", "heads=final", "fold_heads=x"):
+        with pytest.raises(PalignError):
+            alpha_study.parse_variant(bad)
     per["a"]["stability"], per["b"]["stability"] = 0.8, 0.1
     stable = alpha_study.score_rule({"kind": "stable-fixed", "alpha": 1.0, "min_cosine": 0.5}, per)
     assert stable["alphas"] == [1.0, 0.0] and stable["mean_sum"] == pytest.approx(3.5)
+
+
+def test_alpha_study_headroom_and_split_half_oracle(papi: Dataset, tmp_path: Path) -> None:
+    """The ORACLE, the split-half ORACLE and the recorded held-out choice, by hand."""
+    import alpha_study
+
+    inv = papi.inventory
+    o = [i for i in inv.test_ids if inv.item(i).trait == "O"][:4]
+    c = [i for i in inv.test_ids if inv.item(i).trait == "C"][:4]
+    tids = [o[0], c[0], o[1], c[1], o[2], c[2], o[3], c[3]]  # halves: even O, odd C
+    truth = [5, 1, 5, 1, 5, 1, 5, 1]
+    rec = {
+        "person": papi.persons[0].id,
+        "set": "reported",
+        "grid": [0.0, 1.0, 2.0],
+        "test_ids": tids,
+        "truth_test": truth,
+        # alpha 0: all 3 (error 2 each); alpha 1: O right on the first half of the O items
+        # only; alpha 2: every C item right
+        "test": [[3] * 8, [5, 3, 5, 3, 3, 3, 3, 3], [3, 1, 3, 1, 3, 1, 3, 1]],
+        "diag": [{"cosine": 0.5}],
+    }
+    curves = alpha_study.person_curves(rec, {i: inv.item(i).trait for i in tids})
+    # full items: alpha 0 -> 2 + 2; alpha 1 -> O mean(0,0,2,2)=1 + 2; alpha 2 -> 2 + 0
+    assert curves["test_sum"] == {"0": 4.0, "1": 3.0, "2": 2.0}
+    # halves are O-only (even positions) and C-only (odd): on the O half alpha 1 is best
+    # (O: 1 vs 2) and scores C at alpha 1 = 2; on the C half alpha 2 is best (C: 0) and
+    # scores O at alpha 2 = 2: mean 2; alpha 0 scores 2 on both halves
+    assert curves["split_half_oracle"] == pytest.approx(2.0)
+    assert curves["split_half_zero"] == pytest.approx(2.0)
+    curves["heldout_recorded"] = 1.0
+    h = alpha_study.headroom({"p": curves})
+    assert (h["zero"], h["oracle"], h["heldout"]) == (4.0, 2.0, 3.0)
+    assert h["per_person"]["p"]["oracle_alpha"] == 2.0 and h["heldout_kept"] == pytest.approx(0.5)
+    assert (h["oracle_better"], h["split_half_better"]) == (1, 0)
+    # the recorded choices come from a PAPI table's per-person alphas
+    table = tmp_path / "t.json"
+    table.write_text(
+        json.dumps({"rows": [{"name": "pas@all", "per_person": {"p": {"alpha": 2.0}}}]})
+    )
+    assert alpha_study.load_heldout_choices(str(table))[0] == {"p": 2.0}
+    with pytest.raises(PalignError, match="no per-person alphas of pas@last"):
+        alpha_study.load_heldout_choices(f"{table}:pas@last")
 
 
 # --- rules ----------------------------------------------------------------------------------
