@@ -54,7 +54,9 @@ def person_row(inv: Any, person: Any, van: dict[str, Any], met: dict[str, Any]) 
     t = np.array([truth[i] for i in ids], dtype=float)
 
     def sums(pred: dict[str, Any]) -> float:
-        return float(sum(score_person(inv, person, pred, "agreement", ids).traits.values()))
+        """Sum of the trait MAEs over the traits among ``ids``."""
+        sc = score_person(inv, person, pred, "agreement", ids)
+        return float(sum(v for t, v in sc.traits.items() if sc.n_scored[t] > 0))
 
     va = np.array([van["answers"][i] for i in ids], dtype=float)
     ma = np.array([met["answers"][i] for i in ids], dtype=float)

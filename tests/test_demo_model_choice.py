@@ -66,3 +66,35 @@ def test_one_letter_is_not_toward_the_person(papi: Dataset, tmp_path: Path) -> N
     res = dmc.table_rows(papi, tmp_path / "runs", "t", ["a1", "a2"])
     assert res["model"] == "m" and res["summary"]["n"] == 1
     assert res["summary"]["one_letter"] == 1 and res["summary"]["moved_toward_person"] == 0
+
+
+def test_study_rows_compare_alpha_zero_with_the_recorded_choice(
+    papi: Dataset, tmp_path: Path
+) -> None:
+    import demo_model_choice as dmc
+
+    inv = papi.inventory
+    person = papi.persons[0]
+    ids = [i for i in inv.test_ids if i in person.answers(inv, "agreement", inv.test_ids)][:10]
+    truth = person.answers(inv, "agreement", ids)
+    folder = tmp_path / "runs" / "alpha-study-m" / "persons"
+    folder.mkdir(parents=True)
+    rec = {
+        "person": person.id,
+        "set": "reported",
+        "grid": [0.0, 1.0, 2.0],
+        "test_ids": ids,
+        # alpha 0: 5 everywhere; alpha 1: the person's answers; alpha 2: 1 everywhere
+        "test": [[5] * len(ids), [truth[i] for i in ids], [1] * len(ids)],
+    }
+    (folder / f"{person.id}.json").write_text(json.dumps(rec))
+    table = tmp_path / "t.json"
+    table.write_text(
+        json.dumps({"rows": [{"name": "pas@all", "per_person": {person.id: {"alpha": 1.0}}}]})
+    )
+    res = dmc.study_rows(papi, tmp_path / "runs", "m", str(table))
+    (row,) = res["persons"]
+    assert row["alpha"] == 1.0 and row["method"] == 0.0
+    assert row["corr_method"] == pytest.approx(1.0) and row["corr_vanilla"] is None
+    assert row["away"] == 0 and row["toward"] == sum(truth[i] != 5 for i in ids)
+    assert res["summary"]["moved_toward_person"] == 1
