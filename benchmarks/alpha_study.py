@@ -100,18 +100,14 @@ def study_person(
 
     ``old``: the person's earlier record on the same grid and test items; only what it lacks
     is read. ``variants``: held-out searches with other settings (:func:`parse_variant`)."""
-    from dataclasses import replace
-
     from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
     from palign.models.readout import ReadRequest
     from palign.steering.pas import (
-        _answers_tensor,
         fit_person,
         fold_assignment,
-        labels_for,
+        refit_directions,
         unit_layer_vectors,
     )
-    from palign.steering.probes import mass_mean_directions
 
     inv = ds.inventory
     shown = inv.shown_ids
@@ -132,8 +128,7 @@ def study_person(
         cos = float(torch.nn.functional.cosine_similarity(fu.flatten(), unit.flatten(), dim=0))
         # the same fold with the final fit's heads kept (only the directions and scales
         # refitted): separates the head choice from the directions as the source of the drift
-        dirs, sig = mass_mean_directions(pas.acts, labels_for(_answers_tensor(train)), fit.heads)
-        hu = unit_layer_vectors(replace(fit, directions=dirs, sigmas=sig), pas.arch).double()
+        hu = unit_layer_vectors(refit_directions(fit, pas.acts, train), pas.arch).double()
         cos_heads = float(
             torch.nn.functional.cosine_similarity(hu.flatten(), unit.flatten(), dim=0)
         )

@@ -35,6 +35,7 @@ from palign.steering.pas import (
     DEFAULT_K,
     DEFAULT_PROBE_SPLIT,
     PASResult,
+    check_fold_heads,
     check_head_rank,
     check_probe_split,
     fit_pas,
@@ -176,8 +177,6 @@ class PAS(Method):
         self.share_lower = bool(o.get("share_lower_layers", True))
         self.head_rank = check_head_rank(str(o.get("head_rank", DEFAULT_HEAD_RANK)))
         self.probe_split = check_probe_split(str(o.get("probe_split", DEFAULT_PROBE_SPLIT)))
-        from palign.steering.pas import check_fold_heads
-
         self.fold_heads = check_fold_heads(str(o.get("fold_heads", "refit")))
         from palign.models.readout import check_position
 
