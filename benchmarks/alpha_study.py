@@ -19,6 +19,9 @@ readout, seed 0; the final fit uses all answered shown items, exactly as ``palig
 * ``heldout_variants`` (``--heldout-variant folds=10``, ``fold_heads=final`` or both): the same
   search with more folds, or with folds that keep the final fit's heads and refit only their
   directions (PAS's ``fold_heads`` option); each variant is a candidate rule.
+* ``fit_variants`` (``--fit-variant k=8``, ``heads=pooled``): other final *directions* (fewer
+  or more heads, heads ranked on a pool of development persons), read on the same test items
+  at every alpha, with their fold stability (:mod:`alpha_study_directions`).
 * ``fold_test`` (``--fold-test``): each fold's direction read on the same test items: held-out
   shown items vs test items at equal directions isolates the item sets, fold vs final
   directions at equal items isolates the direction.
@@ -51,6 +54,10 @@ import numpy as np
 import torch
 
 from palign.errors import PalignError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import alpha_study_directions as directions  # noqa: E402  (benchmarks/ is not a package)
+from alpha_study_page import best, markdown  # noqa: E402
 
 DEFAULT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
 #: fold-stability thresholds of the ``stable-fixed`` candidates
@@ -95,11 +102,15 @@ def study_person(
     diag_only: bool = False,
     old: dict[str, Any] | None = None,
     variants: tuple[str, ...] = (),
+    fit_variants: tuple[str, ...] = (),
+    pooled: dict[tuple[int, int], list[tuple[int, int]]] | None = None,
 ) -> dict[str, Any]:
     """Every read of one person (see the module doc); ``diag_only``: no reads.
 
     ``old``: the person's earlier record on the same grid and test items; only what it lacks
-    is read. ``variants``: held-out searches with other settings (:func:`parse_variant`)."""
+    is read. ``variants``: held-out searches with other settings (:func:`parse_variant`).
+    ``fit_variants``: other final directions read on the test items
+    (:mod:`alpha_study_directions`); ``pooled``: (pool, K) -> the pooled heads they use."""
     from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
     from palign.models.readout import ReadRequest
     from palign.steering.pas import (
@@ -145,16 +156,16 @@ def study_person(
     statements = {i: inv.statement(inv.item(i)) for i in test_ids}
     truth = np.nan_to_num(person.answer_vector(inv, test_ids, pas.config.semantics))
 
-    def read(units: list[torch.Tensor]) -> np.ndarray:
-        """Answers ``(len(units), n_alpha, n_test)`` of the test items."""
-        rows = [al * u for u in units for al in grid]
+    def read(units: list[torch.Tensor], alphas: list[float] = grid) -> np.ndarray:
+        """Answers ``(len(units), len(alphas), n_test)`` of the test items."""
+        rows = [al * u for u in units for al in alphas]
         reqs = [
             ReadRequest(NEUTRAL_SYSTEM_PROMPT, statements[i], r)
             for r in range(len(rows))
             for i in test_ids
         ]
         out = pas._read(lm, reqs, torch.stack(rows).float())
-        return out.answers.reshape(len(units), len(grid), len(test_ids))
+        return out.answers.reshape(len(units), len(alphas), len(test_ids))
 
     rec: dict[str, Any] = {
         "person": person.id,
@@ -183,23 +194,43 @@ def study_person(
             continue
         saved = (pas.folds, pas.fold_heads)
         settings = parse_variant(name)
+        saved_k = pas.k
         pas.folds = settings.get("folds", pas.folds)
         pas.fold_heads = settings.get("fold_heads", pas.fold_heads)
+        pas.k = settings.get("k", pas.k)
         try:
             ((alpha, errors),) = pas.select_alpha_many(lm, ds, [person])
         finally:
             pas.folds, pas.fold_heads = saved
+            pas.k = saved_k
         rec.setdefault("heldout_variants", {})[name] = {
             "errors": {format(k, "g"): v for k, v in errors.items()},
             "alpha": alpha,
+        }
+    for name in fit_variants:
+        if name in rec.get("fit_variants", {}):
+            continue
+        settings = directions.parse_fit_variant(name)
+        k = settings.get("k", pas.k)
+        heads = (pooled or {}).get((settings["pool"], k)) if "pool" in settings else None
+        vf = directions.variant_fit(pas, a, settings, heads)
+        vu = unit_layer_vectors(vf, pas.arch).double()
+        # alpha 0 steers nothing: its answers are the default direction's, not read again
+        steered = [al for al in grid if al != 0]
+        got = dict(zip(steered, read([vu], steered)[0].tolist()))
+        test_rows = [got[al] if al != 0 else rec["test"][grid.index(0.0)] for al in grid]
+        rec.setdefault("fit_variants", {})[name] = {
+            "test": test_rows,
+            "stability": directions.variant_stability(pas, a, settings, heads, vu, list(shown)),
+            "heads": [list(h) for h in vf.heads],
         }
     rec["seconds"] = round(time.perf_counter() - t0 + float(rec.get("seconds") or 0), 1)
     return rec
 
 
 def parse_variant(spec: str) -> dict[str, Any]:
-    """``folds=10``, ``fold_heads=final`` or both (comma-separated): a held-out search with
-    other settings than PAS's default (3 folds that refit the heads)."""
+    """``folds=10``, ``fold_heads=final``, ``k=8`` (comma-separated): a held-out search with
+    other settings than PAS's default (3 folds that refit the heads, K 24)."""
     from palign.steering.pas import check_fold_heads
 
     out: dict[str, Any] = {}
@@ -209,9 +240,11 @@ def parse_variant(spec: str) -> dict[str, Any]:
             out["folds"] = int(value)
         elif key == "fold_heads":
             out["fold_heads"] = check_fold_heads(value)
+        elif key == "k" and value.isdigit() and int(value) >= 1:
+            out["k"] = int(value)
         else:
             raise PalignError(
-                f"bad held-out variant {spec!r}; give folds=N (N >= 2) and/or fold_heads=final"
+                f"bad held-out variant {spec!r}; give folds=N (N >= 2), fold_heads=final and/or k=N"
             )
     return out
 
@@ -250,6 +283,17 @@ def person_curves(rec: dict[str, Any], traits_of: dict[str, str]) -> dict[str, A
     if rec.get("heldout_variants"):
         out["heldout_variants"] = {k: v["errors"] for k, v in rec["heldout_variants"].items()}
     out["stability"] = float(np.mean([d["cosine"] for d in rec["diag"]]))
+    if rec.get("fit_variants"):
+        out["fit_variants"] = {
+            name: {
+                "test_sum": {
+                    format(g, "g"): _trait_sum(np.asarray(v["test"])[k], truth, tr)
+                    for k, g in enumerate(grid)
+                },
+                "stability": v["stability"],
+            }
+            for name, v in rec["fit_variants"].items()
+        }
     # split-half ORACLE: the best alpha on every other test item, scored on the rest (both
     # ways): how much of the ORACLE's gain is the alpha and how much the choice on the
     # scored items themselves
@@ -270,11 +314,6 @@ def person_curves(rec: dict[str, Any], traits_of: dict[str, str]) -> dict[str, A
             np.mean([_trait_sum(test[zero][h], truth[h], [tr[j] for j in h]) for h in halves])
         )
     return out
-
-
-def best(curve: dict[str, float]) -> float:
-    """The alpha with the lowest value (ties: the smaller alpha)."""
-    return min((float(k) for k in curve), key=lambda al: (curve[format(al, "g")], al))
 
 
 def rule_alpha(rule: dict[str, Any], curves: dict[str, Any]) -> float:
@@ -387,6 +426,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--fold-test", action="store_true", help="also the fold directions on test")
     ap.add_argument(
+        "--fit-variant",
+        action="append",
+        default=[],
+        help="also another final direction read on the test items: k=N and/or heads=pooled "
+        "(pool=N development persons at positions 250-299 rank the heads; default 30); "
+        "repeatable, e.g. k=8 or heads=pooled",
+    )
+    ap.add_argument(
         "--diag-only", action="store_true", help="only the direction diagnostics (no reads)"
     )
     ap.add_argument(
@@ -398,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default="docs/results")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--name", default=None, help="page name under --out (default alpha-study-<model>)"
+    )
     ap.add_argument("--report", action="store_true", help="only write the page")
     ap.add_argument(
         "--heldout-choices",
@@ -437,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps({"folds": pas.folds} | summarise_diag(diag), indent=1))
                 return 0
             variants = tuple(variant_name(v) for v in args.heldout_variant)
+            fits = tuple(directions.fit_variant_name(v) for v in args.fit_variant)
+            pooled = {}
+            for v in fits:
+                st = directions.parse_fit_variant(v)
+                key = (st.get("pool", 0), st.get("k", pas.k))
+                if "pool" in st and key not in pooled:
+                    pooled[key] = directions.pooled_heads(pas, ds, *key)
             for p in persons:
                 path = run / "persons" / f"{p.id}.json"
                 old = json.loads(path.read_text()) if path.exists() else None
@@ -448,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                     and ("heldout" in old) >= args.heldout
                     and ("fold_test" in old) >= args.fold_test
                     and all(v in old.get("heldout_variants", {}) for v in variants)
+                    and all(v in old.get("fit_variants", {}) for v in fits)
                 ):
                     continue
                 t0 = time.perf_counter()
@@ -462,13 +520,15 @@ def main(argv: list[str] | None = None) -> int:
                     args.fold_test,
                     old=old,
                     variants=variants,
+                    fit_variants=fits,
+                    pooled=pooled,
                 )
                 rec["set"] = kind
                 rec["model"] = args.model
                 write_json_atomic(path, rec)
                 print(f"{kind} {p.id}: {time.perf_counter() - t0:.0f} s", flush=True)
         choices = load_heldout_choices(args.heldout_choices) if args.heldout_choices else None
-        d = report(ds, run, args.model, args.out, choices)
+        d = report(ds, run, args.model, args.out, choices, args.name)
         print(json.dumps({k: d[k] for k in ("chosen", "reported")}, indent=1))
     except PalignError as e:
         print(f"alpha_study: error: {e}", file=sys.stderr)
@@ -545,8 +605,10 @@ def report(
     model: str,
     out_dir: str,
     heldout_choices: tuple[dict[str, float], str] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Tune the rules on the development persons, apply them to the reported ones, write."""
+    """Tune the rules on the development persons, apply them to the reported ones, write
+    ``OUT/<name>.md`` and ``.json`` (default name ``alpha-study-<model>``)."""
     from palign.data.protocol import check_tuning_persons
 
     inv = ds.inventory
@@ -593,132 +655,15 @@ def report(
                 d["reported"][rule["name"]] = score_rule(rule, rep)
                 d["heldout_recorded_from"] = entry
         d["headroom"] = headroom(rep)
+    d["directions"] = {"dev": directions.summarise(dev), "reported": directions.summarise(rep)}
     d["curves"] = {"dev": dev, "reported": rep}
     d["diag"] = {r["person"]: r["diag"] for r in recs}
     d["test_items"] = {r["set"]: len(r["test_ids"]) for r in recs}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / f"alpha-study-{model}.json").write_text(json.dumps(d, indent=1))
-    (Path(out_dir) / f"alpha-study-{model}.md").write_text(markdown(d))
+    stem = name or f"alpha-study-{model}"
+    (Path(out_dir) / f"{stem}.json").write_text(json.dumps(d, indent=1))
+    (Path(out_dir) / f"{stem}.md").write_text(markdown(d))
     return d
-
-
-def _curve_table(curves: dict[str, Any], diag: dict[str, Any], key: str) -> list[str]:
-    grid = list(next(iter(curves.values()))[key])
-    lines = [
-        "| person | " + " | ".join(f"alpha {g}" for g in grid) + " | best | fold/final cosine"
-        " | fold/final norm |",
-        "|---|" + "---|" * (len(grid) + 3),
-    ]
-    for pid, c in curves.items():
-        dg = diag.get(pid, [])
-        cos = np.mean([x["cosine"] for x in dg]) if dg else float("nan")
-        nr = np.mean([x["norm_ratio"] for x in dg]) if dg else float("nan")
-        lines.append(
-            f"| {pid} | "
-            + " | ".join(f"{c[key][g]:.3f}" for g in grid)
-            + f" | {best(c[key]):g} | {cos:.2f} | {nr:.2f} |"
-        )
-    means = [np.mean([c[key][g] for c in curves.values()]) for g in grid]
-    lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " | | | |")
-    return lines
-
-
-def _headroom_lines(h: dict[str, Any]) -> list[str]:
-    """The ORACLE headroom table of the reported persons."""
-    has_h = "heldout" in h
-    lines = [
-        "### ORACLE headroom (an upper bound, never a result)",
-        "",
-        "ORACLE: the best alpha per person chosen on the scored test items themselves (the "
-        "paper's choice). Split-half ORACLE: the best alpha on every other test item, scored "
-        "on the other half (both ways, averaged; beside it alpha 0 on the same halves): the "
-        "part of the ORACLE's gain that survives choosing on other items than the scored ones.",
-        "",
-        "| person | alpha 0 | "
-        + ("held-out search (alpha) | " if has_h else "")
-        + "ORACLE (alpha) | split-half: alpha 0 | split-half ORACLE |",
-        "|---|---|" + ("---|" if has_h else "") + "---|---|---|",
-    ]
-    for pid, r in h["per_person"].items():
-        held = f"{r['heldout']:.3f} ({r['heldout_alpha']:g}) | " if has_h else ""
-        shz = "-" if r.get("split_half_zero") is None else f"{r['split_half_zero']:.3f}"
-        lines.append(
-            f"| {pid} | {r['zero']:.3f} | {held}{r['oracle']:.3f} ({r['oracle_alpha']:g}) | "
-            f"{shz} | {r['split_half_oracle']:.3f} |"
-        )
-    held = f"**{h['heldout']:.3f}** | " if has_h else ""
-    lines.append(
-        f"| **mean** | **{h['zero']:.3f}** | {held}**{h['oracle']:.3f}** | "
-        f"**{h.get('split_half_zero', float('nan')):.3f}** | **{h['split_half_oracle']:.3f}** |"
-    )
-    n = len(h["per_person"])
-    lines += [
-        "",
-        f"The ORACLE steers {h['oracle_nonzero']} of {n} persons and is better than alpha 0 "
-        f"for {h['oracle_better']} of {n}"
-        + (
-            f"; the split-half ORACLE beats alpha 0 on the other half for "
-            f"{h['split_half_better']} of {n}"
-            if "split_half_better" in h
-            else ""
-        )
-        + (
-            f". The held-out search keeps {100 * h['heldout_kept']:.0f}% of the ORACLE's gain "
-            "over alpha 0"
-            if "heldout_kept" in h
-            else ""
-        )
-        + ".",
-    ]
-    return lines
-
-
-def markdown(d: dict[str, Any]) -> str:
-    """The page of one model's study (see the module doc)."""
-    m = d["model"]
-    out = [f"# Alpha study: {m}", ""]
-    n_dev, n_rep = len(d["dev_persons"]), len(d["reported_persons"])
-    ti = d.get("test_items", {})
-    out += [
-        f"Development persons (PAPI test-set positions 200-299): {n_dev} "
-        f"({', '.join(d['dev_persons'])}), {ti.get('dev', '-')} test items each. Reported "
-        f"persons (the first of the test set): {n_rep}, {ti.get('reported', '-')} test items "
-        "each. PAS with the neutral prompt, K 24, mean ranking, steering at all positions, "
-        "logits readout, seed 0; the direction is the final fit on all shown items.",
-        "",
-    ]
-    if d["curves"]["dev"]:
-        out += ["## Development persons: sum of trait MAEs per alpha (test items)", ""]
-        out += _curve_table(d["curves"]["dev"], d["diag"], "test_sum")
-        out += ["", "Rules on the development persons (mean sum of trait MAEs):", ""]
-        out += ["| rule | mean | ± 95% | non-zero alpha | better / worse than alpha 0 |"]
-        out += ["|---|---|---|---|---|"]
-        for name, r in sorted(d["dev"].items(), key=lambda kv: kv[1]["mean_sum"]):
-            out.append(
-                f"| {name} | {r['mean_sum']:.3f} | {r['ci95']:.2f} | {r['nonzero']}/{r['n']} | "
-                f"{r['wins']} / {r['losses']} |"
-            )
-        out += [
-            "",
-            f"Chosen on the development persons: **{d['chosen']['name']}** (a candidate: see "
-            "[alpha-selection.md](alpha-selection.md) for its result on the reported persons).",
-            "",
-        ]
-    if d["curves"]["reported"]:
-        out += ["## Reported persons: the rules applied unchanged", ""]
-        out += ["| rule | mean | ± 95% | non-zero alpha | better / worse than alpha 0 |"]
-        out += ["|---|---|---|---|---|"]
-        for name, r in sorted(d["reported"].items(), key=lambda kv: kv[1]["mean_sum"]):
-            mark = " (chosen on dev)" if d.get("chosen") and name == d["chosen"]["name"] else ""
-            out.append(
-                f"| {name}{mark} | {r['mean_sum']:.3f} | {r['ci95']:.2f} | "
-                f"{r['nonzero']}/{r['n']} | {r['wins']} / {r['losses']} |"
-            )
-        if "headroom" in d:
-            out += ["", *_headroom_lines(d["headroom"])]
-        out += ["", "Per person (sum of trait MAEs; the test curve is the ORACLE's view):", ""]
-        out += _curve_table(d["curves"]["reported"], d["diag"], "test_sum")
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

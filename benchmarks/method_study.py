@@ -507,10 +507,11 @@ def _run(args: argparse.Namespace, name: str) -> int:
     meta_path = runs.parent / "meta.json"
     if todo and not args.analyse_only:
         from palign.methods.pas import shown_activations
+        from palign.methods.pas_capture import residual_activations
         from palign.models.loading import load_model
         from palign.models.readout import KVStore
         from palign.steering.arch import resolve_arch
-        from palign.steering.residual import residual_activations, trait_directions
+        from palign.steering.residual import trait_directions
 
         lm = load_model(args.model)
         model_id = lm.model_id

@@ -321,6 +321,30 @@ def test_tuned_rule_same_in_eval_align_and_serve(
     assert "--allow-dev-persons" in capsys.readouterr().err
 
 
+def test_tuned_rule_in_the_demo(
+    papi: Dataset, tiny_lm: LoadedModel, cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The demo (through ``run_eval``) applies the rule: alpha 3 is on no default grid, and
+    its steering is a fixed alpha 3 fit's."""
+    from palign.demo.run import DemoConfig, run_demo
+
+    monkeypatch.setenv(
+        RULES_ENV, str(_rules_file(tmp_path / "r.json", "tiny", [papi.persons[199].id], alpha=3.0))
+    )
+    cfg = DemoConfig(
+        model="tiny",
+        out=str(tmp_path / "demo"),
+        max_items=5,
+        pas_options={"alpha_selection": "tuned", "k": 4},
+        max_new_tokens=2,
+        few_shot=False,
+    )
+    d = run_demo(cfg, dataset=papi, lm=tiny_lm, progress=False, log=lambda s: None)
+    assert d["pas"]["alpha"] == 3.0 and d["pas"]["alpha_selection"] == "tuned"
+    m = get_method("pas", MethodConfig("agreement", 0, {"alpha_selection": "tuned", "k": 4}))
+    assert m.fit(tiny_lm, papi, papi.persons[0]).info["alpha"] == 3.0
+
+
 def test_tuned_rule_same_on_ray_workers(
     papi_dir: Path, tiny_folder: Path, tmp_path: Path, cache: Path, monkeypatch, capsys
 ) -> None:

@@ -11,11 +11,11 @@ import torch
 
 from palign.data.types import Dataset
 from palign.errors import PalignError
+from palign.methods.pas_capture import residual_activations
 from palign.models.loading import LoadedModel
 from palign.steering.arch import resolve_arch
 from palign.steering.residual import (
     caa_direction,
-    residual_activations,
     residual_table,
     trait_directions,
     trait_weights,

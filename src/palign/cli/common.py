@@ -96,6 +96,18 @@ def add_pas_args(p: argparse.ArgumentParser) -> None:
         "anyway (their results are labelled; refused by default)",
     )
     g.add_argument("--alpha", type=float, default=None, help="alpha for --alpha-selection fixed")
+    g.add_argument(
+        "--alphas-from",
+        default=None,
+        metavar="PATH[:ENTRY]",
+        help="reuse each person's alpha chosen by the held-out search of a finished evaluation "
+        "instead of searching again (same fit, no search): a benchmarks/papi_table.py result "
+        "JSON with ENTRY its row (default <method>@<position>, e.g. pas@all), or a 'palign "
+        "eval' run folder or its results.json. Refused when the source lacks a person, ran "
+        "with other settings (model, seed, semantics, K, grid, folds, position...) or did not "
+        "choose by the held-out search (oracle, fixed, tuned). Recorded as alpha_selection "
+        "'heldout (reused)' with the file, entry and sha256",
+    )
     g.add_argument("--folds", type=int, default=None, help="folds over the shown items (default 3)")
     g.add_argument(
         "--no-alpha-early-stop",
@@ -167,6 +179,7 @@ def pas_options(args: argparse.Namespace) -> dict[str, Any]:
         "steer_position",
         "allow_dev_persons",
         "alpha_early_stop",
+        "alphas_from",
     ):
         v = getattr(args, name, None)
         if v is not None:
@@ -335,6 +348,8 @@ def build_method(
         raise PalignError(
             f"--adapters is for the training baselines (dpo, grpo), not {args.method}"
         )
+    if opts.get("alphas_from") and not hasattr(method, "check_persons"):
+        raise PalignError(f"--alphas-from is for the PAS methods, not {args.method}")
     return method
 
 

@@ -121,7 +121,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     opts = pas_options(args)
     # the demo's quick protocol (stated in its header; the full evaluation's command is printed)
-    if opts.get("alpha_selection", "heldout") == "heldout" and "alpha_grid" not in opts:
+    if (
+        opts.get("alpha_selection", "heldout") == "heldout"
+        and "alpha_grid" not in opts
+        and "alphas_from" not in opts  # reused alphas: the source's grid
+    ):
         opts["alpha_grid"] = list(DEMO_ALPHA_GRID)
     max_items = args.max_items if args.max_items is not None else DEMO_MAX_ITEMS
     quiet = args.format == "json"

@@ -126,12 +126,66 @@ def _score_table(res: dict[str, Any]) -> str:
     return format_table(headers, rows)
 
 
+def _stance_human(args: argparse.Namespace, res: dict[str, Any]) -> str:
+    """The stance mode's table and summary lines."""
+    from palign.eval.report import format_table
+    from palign.judge.run import WEIGHTED_AT
+
+    err, errw, cnt = res["error"], res["error_weighted"], res["counts"]
+    headers = ["trait", "items", "unparsed", "errors", "MAE [95% CI]", "weighted MAE [95% CI]"]
+    rows = []
+    for t in [*err["traits"], "all"]:
+        c = cnt["overall"] if t == "all" else cnt["traits"][t]
+        e = err["overall"] if t == "all" else err["traits"][t]
+        w = errw["overall"] if t == "all" else errw["traits"][t]
+        rows.append([t, c["n_items"], c["unparsed"], c["errors"], _ci(e), _ci(w)])
+    resolved = ", ".join(res["judge"]["resolved_models"]) or "-"
+    req = res["requests"]
+    lines = [
+        f"stance judge {res['judge']['model']} ({res['judge']['kind']}; answered by {resolved}) "
+        f"on {args.dir}: {res['n_items']} items of {res['n_persons']} persons, protocol "
+        f"{args.protocol}, stance prompt {res['prompts']['stance_version']}",
+        "",
+        format_table(headers, rows),
+        "",
+        "MAE = |the judge's 1-5 reading of the free text - the person's own answer| (unparsed "
+        f"excluded); weighted = sum k*p_k over the five choices at {WEIGHTED_AT[args.protocol]}.",
+        f"per person, sum of the trait MAEs (the multiple-choice tables' scale): "
+        f"{_ci(err['person_sum'])} over {err['n_persons_complete']} persons with every trait "
+        f"read; weighted {_ci(errw['person_sum'])}",
+    ]
+    if res["mc_error"] is not None:
+        lines.append(
+            "the method's multiple-choice answers on the same rows: sum of trait MAEs "
+            f"{_ci(res['mc_error']['person_sum'])}"
+        )
+    c = res["consistency"]
+    if c is None:
+        lines.append("consistency: the generations record no multiple-choice answer (mc_answer)")
+    else:
+        lines.append(
+            f"consistency (multiple-choice answer vs the reading of its own free text, "
+            f"{c['n_both']} items): MAE {_f(c['mae'], 3)}, exact {_f(c['exact_agreement'], 3)}, "
+            f"within one {_f(c['within_one'], 3)}, Spearman {_f(c['spearman'], 3)}"
+        )
+    lines.append(
+        f"unparsed rate {_f(res['unparsed_rate'], 3)}; requests {req['total']} (cached "
+        f"{req['cached']}, errors {req['errors']}); {_f(res['timings']['judge_s'])} s "
+        f"-> {res['items_file']}"
+    )
+    if req["errors"]:
+        lines.append(f"{req['errors']} items failed after the retries; rerun to retry them")
+    return "\n".join(lines)
+
+
 def cmd_judge(args: argparse.Namespace) -> None:
     """Rate generations on the 1-6 rubric (or compare two folders pairwise)."""
     from palign.judge.run import WEIGHTED_AT, judge_generations, judge_pairwise
 
     if (args.max_tokens is not None and args.max_tokens < 1) or args.temperature < 0:
         raise PalignError("--max-tokens must be at least 1 and --temperature >= 0")
+    if args.versus and args.mode != "rubric":
+        raise PalignError("--versus compares two folders pairwise; drop --mode stance")
     judge = _backend(args)
     kw = {
         "name": args.name,
@@ -160,6 +214,11 @@ def cmd_judge(args: argparse.Namespace) -> None:
             f"requests {res['requests']['total']} (cached {res['requests']['cached']}, errors "
             f"{res['requests']['errors']}) -> {res['items_file']}"
         )
+    elif args.mode == "stance":
+        from palign.judge.stance import judge_stance
+
+        res = judge_stance(args.dir, judge, protocol=args.protocol, **kw)
+        human = _stance_human(args, res)
     else:
         res = judge_generations(args.dir, judge, protocol=args.protocol, **kw)
         req = res["requests"]
@@ -324,7 +383,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="For each person and test statement the aligned model answers 'Tell me in "
         "a few sentences how well this describes you: <statement>' (question version q1). "
         "Steering methods steer every position (the paper's o_proj bias) unless "
-        "--steer-position last; training baselines (dpo, grpo) answer with their LoRA adapter. "
+        "--steer-position last; PAS methods reuse the held-out alphas of a finished evaluation "
+        "with --alphas-from instead of searching again; training baselines (dpo, grpo) answer "
+        "with their LoRA adapter (--adapters). "
+        "Each row also records the method's multiple-choice answer to the statement in the same "
+        "aligned state (mc_answer, read as 'palign eval' reads it) for 'palign judge --mode "
+        "stance'. "
         "Per-person files are written as they finish; "
         "rerunning the same command resumes. Writes OUT/generations.jsonl and OUT/results.json.",
     )
@@ -372,13 +436,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "judge",
-        help="rate generations on the paper's 1-6 rubric with any OpenAI-compatible or local judge",
+        help="rate generations on the paper's 1-6 rubric (or read their 1-5 stance) with any "
+        "OpenAI-compatible or local judge",
         description="Rate each generation of DIR (from 'palign generate-eval') on the 1-6 "
-        "rubric. With --base-url the judge is any OpenAI-compatible endpoint (OpenAI, vLLM, "
+        "rubric (--mode stance: read each answer's 1-5 stance and its error against the "
+        "person's answer). With --base-url the judge is any OpenAI-compatible endpoint (OpenAI, vLLM, "
         "llama.cpp server, palign's server); the API key is read from $PALIGN_JUDGE_API_KEY, "
         "else $OPENAI_API_KEY. Without --base-url, --judge-model is a palign model (alias, hub "
         "id, folder, .gguf) run in-process. Answers are cached on disk by (judge, prompt), so "
-        "judging again sends no request. Writes DIR/judge/<name>.jsonl and .json.",
+        "judging again sends no request. Writes DIR/judge/<name>.jsonl and .json "
+        "(<name>-stance.* in stance mode).",
     )
     p.add_argument("dir", metavar="DIR", help="generation folder")
     p.add_argument(
@@ -393,13 +460,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         "http://127.0.0.1:8000/v1 (default: run --judge-model locally)",
     )
     p.add_argument(
+        "--mode",
+        choices=("rubric", "stance"),
+        default="rubric",
+        help="rubric (default): rate each answer on the paper's 1-6 rubric against the "
+        "person's answer; stance: read each answer's 1-5 stance towards its statement (the "
+        "judge-validate prompt) and report its error against the person's answer (MAE per "
+        "trait, per person the sum of the trait MAEs) and, where the generations record the "
+        "method's multiple-choice answer, their agreement; writes DIR/judge/<name>-stance.*",
+    )
+    p.add_argument(
         "--versus",
         metavar="DIR_B",
         default=None,
         help="pairwise mode: compare DIR's answers with DIR_B's (same persons and items), both "
         "orders; reports DIR's win rate",
     )
-    p.add_argument("--name", default=None, help="output name under DIR/judge/ (default: judge)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="output name under DIR/judge/ (default: the judge's name; -stance appended in "
+        "stance mode)",
+    )
     p.add_argument(
         "--data",
         metavar="DIR",

@@ -193,6 +193,9 @@ def build_report(
             done = {pid: json.loads(f.read_text()) for pid, f in files.items()}
             secs = [r.get("seconds") for r in done.values() if r.get("seconds") is not None]
             res = {"timings": {"seconds_per_person": float(np.mean(secs)) if secs else None}}
+            rf = runs_dir / m / "results.json"
+            if rf.is_file():
+                res["method"] = json.loads(rf.read_text()).get("method")
         else:
             res = run_eval(cfg, runs_dir / m, lm=lm, dataset=ds, progress=progress)
             done = {}
@@ -219,6 +222,9 @@ def build_report(
                 "ci95_sum": _ci_of_sum(rep),
                 "seconds_per_person": res["timings"]["seconds_per_person"],
                 "per_person": per_person,
+                # the method's full configuration (PAS: K, grid, folds, position, selection...):
+                # what a later run reusing these alphas (--alphas-from) checks against
+                "method_record": res.get("method") if base.startswith("pas") else None,
                 "alpha_distribution": {
                     format(k, "g"): v for k, v in sorted(Counter(alphas).items())
                 }

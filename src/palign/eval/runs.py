@@ -378,6 +378,8 @@ def plan_run(
     )
     persons: list[Person] = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]
+    if hasattr(method, "check_persons"):  # PAS alphas_from: an alpha for every person
+        method.check_persons(cfg.persons)
     item_ids = test_items(dataset.inventory, cfg.max_items)
     out = Path(out)
     _check_config(out, cfg, write=False)  # refuse a foreign folder before any work

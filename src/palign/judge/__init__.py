@@ -10,6 +10,9 @@
 - :mod:`palign.judge.parse`: the clean-parse rules and the probability-weighted score read at
   the choice's position.
 - :mod:`palign.judge.run`: ``judge_generations``, ``judge_pairwise``, ``agreement``.
+- :mod:`palign.judge.stance`: ``judge_stance`` (``palign judge --mode stance``): the judge's
+  1-5 reading of each free-text answer against the person's answer, and against the method's
+  own multiple-choice answer (consistency).
 - :mod:`palign.judge.validate`: ``judge-validate``: known-answer texts at each stance 1..5 and
   a judge's reading of them (``write_texts``, ``judge_texts``, ``stance_metrics``).
 """
@@ -26,6 +29,7 @@ from palign.judge.client import (
 from palign.judge.generate import GenerateConfig, load_generations, run_generate
 from palign.judge.parse import parse_choice, parse_judgement, parse_score, weighted_score
 from palign.judge.run import agreement, judge_generations, judge_pairwise
+from palign.judge.stance import judge_stance
 from palign.judge.validate import ValidateConfig, judge_texts, stance_metrics, write_texts
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "agreement",
     "judge_generations",
     "judge_pairwise",
+    "judge_stance",
     "judge_texts",
     "load_generations",
     "parse_choice",

@@ -4,7 +4,10 @@ For each person and test statement (or ``max_items`` of them spread over the tra
 aligned model (any registered method) answers :data:`palign.judge.prompts.QUESTION_TEMPLATE`
 in free text. Steering methods are applied at every position of every forward (the paper's
 o_proj-bias semantics) unless the aligned state says otherwise (``steer_position``);
-training baselines (``Aligned.lora``) generate with their LoRA adapter active.
+training baselines (``Aligned.lora``) generate with their LoRA adapter active. In the same
+aligned state (no refit) the model also answers each statement as a multiple-choice item,
+read as ``palign eval`` reads it (``mc_answer``): ``palign judge --mode stance`` compares it
+with the stance of the free text.
 
 A run folder holds ``config.json`` (written first; a different configuration in the same
 folder is refused), ``persons/<id>.jsonl`` (one line per item, each person's file written
@@ -35,7 +38,12 @@ if TYPE_CHECKING:
     from palign.methods.base import Aligned, Method
     from palign.models.loading import LoadedModel
 
-GENERATIONS_FORMAT = 1
+GENERATIONS_FORMAT = 2
+"""2: every row records the method's multiple-choice answer (``mc_answer``, ``mc_expected``);
+1: without them (such folders are still read and judged; rows carry no ``mc_answer``)."""
+
+MC_READOUT = "logits"
+"""How ``mc_answer`` is read: ``palign eval``'s default readout (one forward per item)."""
 
 
 @dataclass
@@ -192,8 +200,14 @@ def person_rows(
     aligned: Aligned,
     item_ids: list[str],
     texts: list[str],
+    mc: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The JSONL rows of one person (target answers and labels under ``cfg.semantics``)."""
+    """The JSONL rows of one person (target answers and labels under ``cfg.semantics``).
+
+    ``mc``: the aligned state's multiple-choice record
+    (:func:`palign.eval.runs.predict_aligned`); its answer to each statement is stored as
+    ``mc_answer`` (1..5, None when unparsed) with ``mc_expected``.
+    """
     inv = dataset.inventory
     answers = person.answers(inv, cfg.semantics, item_ids)
     rows = []
@@ -218,7 +232,38 @@ def person_rows(
                 "lora": bool(getattr(aligned, "lora", None)),
             }
         )
+        if mc is not None:
+            rows[-1]["mc_answer"] = int(mc["answers"][iid]) or None  # 0 = unparsed
+            rows[-1]["mc_expected"] = mc["expected"].get(iid)
     return rows
+
+
+def mc_record(
+    lm: LoadedModel,
+    dataset: Dataset,
+    method: Method,
+    a: Aligned,
+    item_ids: list[str],
+    batch_size: int,
+) -> dict[str, Any]:
+    """The multiple-choice answers of the aligned state ``a`` to ``item_ids``.
+
+    The same call ``palign eval`` makes (:func:`palign.eval.runs.predict_aligned`, logits
+    readout, the person's steering, adapter and calibration), on the state the generation
+    used: nothing is refitted.
+    """
+    from palign.eval.runs import predict_aligned
+
+    return predict_aligned(
+        lm,
+        dataset,
+        [a],
+        item_ids,
+        MC_READOUT,
+        batch_size,
+        kv_store=getattr(method, "kv_store", None),
+        share_lower=bool(getattr(method, "share_lower", True)),
+    )[0]
 
 
 def run_generate(
@@ -249,6 +294,10 @@ def run_generate(
     )
     persons = dataset.select(ids=cfg.persons) if cfg.persons else dataset.persons
     cfg.persons = [p.id for p in persons]
+    if hasattr(method, "bind_model"):  # PAS: the tuned rule / alphas source, before any check
+        method.bind_model(cfg.model, cfg.inventory)
+    if hasattr(method, "check_persons"):  # PAS alphas_from: an alpha for every person
+        method.check_persons(cfg.persons)
     item_ids = test_items(dataset.inventory, cfg.max_items)
     out = Path(out)
     _check_config(out, cfg, write=False)
@@ -270,7 +319,7 @@ def run_generate(
         lm, t_load, t_setup = prepare_run(cfg, out, lm, dataset, method)
         statements = [dataset.inventory.statement(dataset.inventory.item(i)) for i in item_ids]
         questions = [prompts.question(s) for s in statements]
-        shared: tuple[Any, list[str]] | None = None
+        shared: tuple[Any, list[str], dict[str, Any]] | None = None
         bar = tqdm(
             total=len(persons),
             initial=len(done),
@@ -281,7 +330,7 @@ def run_generate(
         for p in todo:
             t = time.perf_counter()
             if method.person_independent and shared is not None:
-                a, texts = shared
+                a, texts, mc = shared
             else:
                 a = method.fit_many(lm, dataset, [p])[0]
                 with _lora(lm, getattr(a, "lora", None)):  # training baselines (DPO...)
@@ -297,9 +346,11 @@ def run_generate(
                         seed=person_seed(cfg.seed, p.id),
                         batch_size=cfg.batch_size,
                     )
+                # the same aligned state's multiple-choice answers (consistency of the model)
+                mc = mc_record(lm, dataset, method, a, item_ids, cfg.batch_size)
                 if method.person_independent:
-                    shared = (a, texts)
-            rows = person_rows(cfg, dataset, p, a, item_ids, texts)
+                    shared = (a, texts, mc)
+            rows = person_rows(cfg, dataset, p, a, item_ids, texts, mc)
             dt = time.perf_counter() - t
             write_json_atomic(
                 out / "persons" / f"{p.id}.json",
@@ -337,6 +388,11 @@ def run_generate(
         "n_persons": len(persons),
         "n_items": len(item_ids),
         "n_generations": len(rows),
+        "mc": {
+            "readout": MC_READOUT,
+            "n_rows": sum("mc_answer" in r for r in rows),
+            "unparsed": sum("mc_answer" in r and r["mc_answer"] is None for r in rows),
+        },
         "empty_rate": round(sum(not r["text"] for r in rows) / len(rows), 4) if rows else None,
         "timings": {
             "load_s": round(t_load, 3),

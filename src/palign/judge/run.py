@@ -64,6 +64,19 @@ def judge_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "judge"
 
 
+def judgeable_rows(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """``folder``'s generation config, its rows with a target answer, and how many rows had
+    none (the person left the statement blank). One-line errors for an empty folder."""
+    gcfg, rows = load_generations(folder)
+    if not rows:
+        raise PalignError(f"{folder}/generations.jsonl is empty; rerun 'palign generate-eval'")
+    n_no_answer = sum(not r.get("answer") for r in rows)
+    rows = [r for r in rows if r.get("answer")]  # the person left it blank: no target value
+    if not rows:
+        raise PalignError(f"no generation in {folder} has a target answer to judge against")
+    return gcfg, rows, n_no_answer
+
+
 def judge_generations(
     folder: str | Path,
     judge: Any,
@@ -90,13 +103,7 @@ def judge_generations(
     if max_tokens is None:
         max_tokens = prompts.default_max_tokens(protocol)
     folder = Path(folder)
-    gcfg, rows = load_generations(folder)
-    if not rows:
-        raise PalignError(f"{folder}/generations.jsonl is empty; rerun 'palign generate-eval'")
-    n_no_answer = sum(not r.get("answer") for r in rows)
-    rows = [r for r in rows if r.get("answer")]  # the person left it blank: no target value
-    if not rows:
-        raise PalignError(f"no generation in {folder} has a target answer to judge against")
+    gcfg, rows, n_no_answer = judgeable_rows(folder)
     inv_traits = list(dict.fromkeys(r["trait"] for r in rows))
     reqs = [
         JudgeRequest(

@@ -26,8 +26,13 @@ from palign.data.types import Dataset, Person
 from palign.errors import PalignError
 from palign.methods.base import Aligned, Method, MethodConfig, register
 from palign.methods.few_shot import few_shot_prompt
+from palign.methods.pas_capture import (  # re-exported: palign.methods.pas.<name> stays valid
+    cached_contrastive_capture as cached_contrastive_capture,
+)
+from palign.methods.pas_capture import contrastive_prompts as contrastive_prompts
+from palign.methods.pas_capture import shown_activations as shown_activations
 from palign.models.loading import LoadedModel
-from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT, build_prompt, encode_prompt
+from palign.models.prompts import NEUTRAL_SYSTEM_PROMPT
 from palign.steering.pas import (
     DEFAULT_ALPHAS,
     DEFAULT_FOLDS,
@@ -47,78 +52,6 @@ SELECTIONS = ("tuned", "heldout", "fixed", "oracle")
 #: rule tuned on development persons, :mod:`palign.methods.alpha_rules`) becomes the default
 #: once a rule is confirmed on the reported persons; none is yet (docs/results/alpha-selection.md)
 DEFAULT_SELECTION = "heldout"
-
-
-def contrastive_prompts(lm: LoadedModel, dataset: Dataset, system_prompt: str | None) -> list[str]:
-    """Prompts in the fixed PAS layout: item ``i`` -> samples ``2i`` ("A") and ``2i+1`` ("E")."""
-    inv = dataset.inventory
-    out = []
-    for iid in inv.shown_ids:
-        st = inv.statement(inv.item(iid))
-        out += [
-            build_prompt(lm.tokenizer, system_prompt, st, "A"),
-            build_prompt(lm.tokenizer, system_prompt, st, "E"),
-        ]
-    return out
-
-
-def shown_activations(
-    lm: LoadedModel, dataset: Dataset, arch: Any, batch_size: int = 16, progress: bool = True
-) -> torch.Tensor:
-    """Contrastive head activations of the shown items, from the disk cache when present."""
-    return cached_contrastive_capture(
-        lm,
-        dataset,
-        arch,
-        {"o_proj": [arch.n_layers, arch.n_heads, arch.head_dim]},
-        batch_size=batch_size,
-        progress=progress,
-    )
-
-
-def cached_contrastive_capture(
-    lm: LoadedModel,
-    dataset: Dataset,
-    arch: Any,
-    key_extra: dict[str, Any],
-    batch_size: int = 16,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Capture ``arch.modules``' inputs on the contrastive prompts, cached on disk.
-
-    The prompts are :func:`contrastive_prompts` under the neutral system prompt; the cache key
-    is the model's :func:`~palign.steering.capture.model_key_fields`, the inventory, the shown
-    items, the prompts' hash and ``key_extra`` (what is captured, e.g. ``{"o_proj": ...}``).
-    Returns ``(2 * n_shown, n_layers, n_heads, head_dim)`` as ``capture_prompts``.
-    """
-    from palign.steering.capture import (
-        cached_activations,
-        capture_prompts,
-        model_key_fields,
-        text_sha256,
-    )
-
-    prompts = contrastive_prompts(lm, dataset, NEUTRAL_SYSTEM_PROMPT)
-    key = {
-        **model_key_fields(lm),  # id, revision, dtype, 4-bit, weights fingerprint
-        "inventory": dataset.inventory.name,
-        "items": dataset.inventory.shown_ids,
-        "prompts_sha256": text_sha256("\x00".join(prompts)),
-        **key_extra,
-    }
-
-    def compute() -> torch.Tensor:
-        return capture_prompts(
-            lm.model,
-            lm.tokenizer,
-            prompts,
-            arch=arch,
-            batch_size=batch_size,
-            progress=progress,
-            encode=lambda t: encode_prompt(lm.tokenizer, t),
-        )
-
-    return cached_activations(key, compute)
 
 
 @register
@@ -146,7 +79,11 @@ class PAS(Method):
     the batched held-out search stops reading an alpha that already ranks behind a complete
     one, see :meth:`select_alpha_many`; the chosen alpha is unchanged),
     ``share_lower_layers`` (default True: in the all-position readout, rows that differ only by
-    steering run the layers below the lowest steered layer once).
+    steering run the layers below the lowest steered layer once),
+    ``alphas_from`` (``PATH[:ENTRY]``: each person's alpha as the held-out search of a finished
+    evaluation chose it, a papi_table result or a ``palign eval`` run; the fit is the fixed-alpha
+    fit with that alpha, no search; the source's settings must match, see
+    :mod:`palign.methods.alpha_source`; recorded as ``{path, entry, kind, sha256}``).
     """
 
     name = "pas"
@@ -195,6 +132,11 @@ class PAS(Method):
             )
         if self.selection == "fixed" and self.alpha is None:
             raise PalignError("alpha selection 'fixed' needs an alpha (--alpha VALUE)")
+        # alphas_from: each person's alpha as a finished held-out search chose it (no search);
+        # the option becomes the source's record (file, entry, sha256: part of the identity)
+        from palign.methods.alpha_source import source_from_options
+
+        self.source = source_from_options(o, self.name, self.selection, self.config)
         if self.k < 1:
             raise PalignError(f"--k must be at least 1, got {self.k}")
         if not self.grid:
@@ -215,8 +157,11 @@ class PAS(Method):
         Records it in the options (``alpha_rule``: its id, or ``"none"`` when palign has no
         rule for this model, variant, position and semantics and the held-out search runs),
         so a run folder is never resumed under another rule. Called by the run planner
-        before any check of the run folder, and by :meth:`setup`.
+        before any check of the run folder, and by :meth:`setup`. With ``alphas_from``:
+        refuses a source of another model or inventory.
         """
+        if self.source is not None:
+            self.source.check_model(model_spec, inventory)
         if self.selection != "tuned" or self._bound == (model_spec, inventory):
             return
         from palign.methods.alpha_rules import find_rule
@@ -250,6 +195,8 @@ class PAS(Method):
         from palign.steering.arch import resolve_arch
 
         self.bind_model(lm.spec, dataset.inventory.name)
+        if self.source is not None:
+            self.source.check_model(lm.spec, dataset.inventory.name, lm.model_id)
         self.arch = resolve_arch(lm.model, self.config.options.get("o_proj_path"))
         if self.k > self.arch.n_layers * self.arch.n_heads:
             raise PalignError(
@@ -257,6 +204,11 @@ class PAS(Method):
             )
         # probes and directions run where the model runs (the activations are small)
         self.acts = shown_activations(lm, dataset, self.arch).to(lm.device)
+
+    def check_persons(self, person_ids: list[str]) -> None:
+        """Refuse, before any work, persons ``alphas_from`` holds no alpha for."""
+        if self.source is not None:
+            self.source.check_persons(person_ids)
 
     def _fit_kw(self) -> dict[str, Any]:
         """Keyword arguments of every PAS fit and refit (seed, K, head ranking, probe split)."""
@@ -304,6 +256,20 @@ class PAS(Method):
             self.setup(lm, dataset)
         inv = dataset.inventory
         answers = self._check_answers(dataset, person)
+        if self.selection == "fixed" or self.source is not None:
+            # alphas_from: the fixed-alpha fit with the alpha the source's search chose
+            res = fit_pas(
+                self.acts,
+                answers,
+                self.arch,
+                alpha=self.source.alpha(person.id) if self.source else float(self.alpha),
+                **self._fit_kw(),
+            )
+            if self.source is not None:
+                from palign.methods.alpha_source import REUSED
+
+                res.alpha_selection = REUSED
+            return res
         rule = self._tuned_rule(person)
         if rule is not None:
             errors = (
@@ -345,14 +311,6 @@ class PAS(Method):
                 k_folds=self.folds,
                 item_ids=inv.shown_ids,
                 fold_heads=self.fold_heads,
-                **self._fit_kw(),
-            )
-        if self.selection == "fixed":
-            return fit_pas(
-                self.acts,
-                answers,
-                self.arch,
-                alpha=float(self.alpha),
                 **self._fit_kw(),
             )
         # oracle: fit on all shown items, then pick alpha on the TEST items
@@ -583,7 +541,7 @@ class PAS(Method):
         if self.acts is None:
             self.setup(lm, dataset)
         rule = self.rule if self.selection == "tuned" else None
-        searched = self.selection == "heldout" or (
+        searched = (self.selection == "heldout" and self.source is None) or (
             self.selection == "tuned" and (rule is None or rule.needs_heldout)
         )
         if not searched or len(persons) < 2:
@@ -665,6 +623,8 @@ class PAS(Method):
             },
             "heads": [list(h) for h in res.fit.heads],
         }
+        if self.source is not None:
+            info["alphas_from"] = {**self.source.record(), "alpha": res.alpha}
         if res.alpha_selection == "oracle":
             info["warning"] = "ORACLE: alpha chosen on the test items (not an honest evaluation)"
         if res.alpha_selection == "tuned":
@@ -691,12 +651,15 @@ class PAS(Method):
 
     def record(self) -> dict[str, Any]:
         """Configuration for results files."""
+        from palign.methods.alpha_source import REUSED
+
         return {
             "name": self.name,
             "seed": self.config.seed,
             "k": self.k,
             "alpha_grid": self.grid,
-            "alpha_selection": self.selection,
+            "alpha_selection": self.selection if self.source is None else REUSED,
+            "alphas_from": self.source.record() if self.source is not None else None,
             "alpha_rule": self.rule.record() if self.rule is not None else None,
             "alpha": self.alpha,
             "folds": self.folds,

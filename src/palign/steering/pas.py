@@ -61,6 +61,8 @@ __all__ = [
     "refit_directions",
     "seeded_item_order",
     "head_scores",
+    "head_score_map",
+    "HeadScores",
     "labels_for",
     "layer_vectors",
     "layer_vectors_grid",
@@ -232,6 +234,77 @@ def _split_samples(n: int, seed: int, val_frac: float) -> tuple[torch.Tensor, to
     return perm[:n_train].sort().values, perm[n_train:].sort().values
 
 
+@dataclass
+class HeadScores:
+    """One person's probe results over every head (what :func:`fit_person` ranks).
+
+    Attributes:
+        score: ``(L, H)`` the ranking score (higher = better; :func:`head_scores`).
+        val_loss: ``(L, H)`` validation log-loss (the tie-break, lower = better).
+        val_accuracy: ``(L, H)`` probe validation accuracy.
+        train_accuracy: ``(L, H)`` probe training accuracy.
+        labels: ``(2 * n_items,)`` the sample labels (:func:`labels_for`).
+        usable: indices of the answered non-neutral items.
+    """
+
+    score: torch.Tensor
+    val_loss: torch.Tensor
+    val_accuracy: torch.Tensor
+    train_accuracy: torch.Tensor
+    labels: torch.Tensor
+    usable: torch.Tensor
+
+
+def head_score_map(
+    acts: torch.Tensor,
+    answers: Any,
+    seed: int = 0,
+    val_frac: float = 0.4,
+    l2: float = 1.0,
+    steps: int = 10,
+    head_rank: str = DEFAULT_HEAD_RANK,
+    probe_split: str = DEFAULT_PROBE_SPLIT,
+) -> HeadScores:
+    """The probes of :func:`fit_person` on every head, before any head is kept (arguments as
+    there). Averaging ``score`` over persons gives a population head ranking.
+
+    Raises:
+        PalignError: bad shapes, or fewer than 2 answered non-neutral items.
+    """
+    check_head_rank(head_rank)
+    check_probe_split(probe_split)
+    a = _answers_tensor(answers)
+    _check_acts(acts, a.shape[0])
+    y = labels_for(a)
+    usable = torch.nonzero((a > 0) & (a != 3)).flatten()
+    if usable.numel() < 2:
+        raise PalignError(
+            f"PAS needs at least 2 answered non-neutral items, this person has "
+            f"{usable.numel()}; give more answers"
+        )
+
+    def samples(items: torch.Tensor) -> torch.Tensor:
+        return torch.stack([2 * items, 2 * items + 1], dim=1).flatten()
+
+    if probe_split == "samples":
+        pool = samples(usable)
+        tr_s, va_s = _split_samples(pool.numel(), seed, val_frac)
+        tr, va = pool[tr_s], pool[va_s]
+    else:
+        tr_items, va_items = _split_items(usable.numel(), seed, val_frac)
+        tr, va = samples(usable[tr_items]), samples(usable[va_items])
+    probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
+    train_acc = _probe_accuracy(acts, y, tr, probe.weights, probe.bias)
+    return HeadScores(
+        score=head_scores(probe.val_accuracy, train_acc, head_rank),
+        val_loss=probe.val_loss,
+        val_accuracy=probe.val_accuracy,
+        train_accuracy=train_acc,
+        labels=y,
+        usable=usable,
+    )
+
+
 def fit_person(
     acts: torch.Tensor,
     answers: Any,
@@ -266,36 +339,23 @@ def fit_person(
     Raises:
         PalignError: bad shapes, or fewer than 2 answered non-neutral items.
     """
-    check_head_rank(head_rank)
-    check_probe_split(probe_split)
     a = _answers_tensor(answers)
-    _check_acts(acts, a.shape[0])
-    y = labels_for(a)
-    usable = torch.nonzero((a > 0) & (a != 3)).flatten()
-    if usable.numel() < 2:
-        raise PalignError(
-            f"PAS needs at least 2 answered non-neutral items, this person has "
-            f"{usable.numel()}; give more answers"
-        )
-
-    def samples(items: torch.Tensor) -> torch.Tensor:
-        return torch.stack([2 * items, 2 * items + 1], dim=1).flatten()
-
-    if probe_split == "samples":
-        pool = samples(usable)
-        tr_s, va_s = _split_samples(pool.numel(), seed, val_frac)
-        tr, va = pool[tr_s], pool[va_s]
-    else:
-        tr_items, va_items = _split_items(usable.numel(), seed, val_frac)
-        tr, va = samples(usable[tr_items]), samples(usable[va_items])
-    probe = fit_probes_full(acts, y, tr, va, l2=l2, steps=steps)
-    train_acc = _probe_accuracy(acts, y, tr, probe.weights, probe.bias)
-    score = head_scores(probe.val_accuracy, train_acc, head_rank)
-    heads = rank_heads(score, K, tiebreak=probe.val_loss)
-    dirs, sig = mass_mean_directions(acts, y, heads)  # skips the -1 (unlabelled) samples
+    hs = head_score_map(
+        acts,
+        a,
+        seed=seed,
+        val_frac=val_frac,
+        l2=l2,
+        steps=steps,
+        head_rank=head_rank,
+        probe_split=probe_split,
+    )
+    heads = rank_heads(hs.score, K, tiebreak=hs.val_loss)
+    dirs, sig = mass_mean_directions(acts, hs.labels, heads)  # skips the -1 (unlabelled) samples
     L, H, d = acts.shape[1:]
-    val_acc = torch.tensor([float(probe.val_accuracy[lh]) for lh in heads])
-    tr_acc = torch.tensor([float(train_acc[lh]) for lh in heads])
+    val_acc = torch.tensor([float(hs.val_accuracy[lh]) for lh in heads])
+    tr_acc = torch.tensor([float(hs.train_accuracy[lh]) for lh in heads])
+    usable = hs.usable
     return PASFit(
         heads=heads,
         directions=dirs,

@@ -38,7 +38,6 @@ __all__ = [
     "RESIDUAL_NORM",
     "ResidualDirection",
     "caa_direction",
-    "residual_activations",
     "residual_modules",
     "residual_table",
     "trait_directions",
@@ -74,35 +73,6 @@ def residual_modules(model: torch.nn.Module, arch: ArchSpec) -> list[torch.nn.Mo
                 "Llama-like decoder layer (post-attention norm); use PAS heads for this model"
             ) from None
     return mods
-
-
-def residual_activations(
-    lm: Any, dataset: Any, arch: ArchSpec, batch_size: int = 16, progress: bool = True
-) -> torch.Tensor:
-    """Residual stream after attention at the answer letter, for the PAS contrastive prompts.
-
-    Same prompts as :func:`palign.methods.pas.shown_activations` (neutral system prompt; each
-    shown statement with the answer prefilled to "A" and to "E"), cached on disk.
-
-    Returns:
-        ``(2 * n_shown, n_layers, hidden)`` float32 on CPU.
-    """
-    from palign.methods.pas import cached_contrastive_capture
-
-    mods = residual_modules(lm.model, arch)
-    # the capture reads the first input of each module; a one-"head" spec of width hidden
-    pseudo = ArchSpec(
-        model_type=arch.model_type,
-        o_proj_path=arch.o_proj_path,
-        modules=mods,
-        n_layers=arch.n_layers,
-        n_heads=1,
-        head_dim=arch.hidden,
-        hidden=arch.hidden,
-    )
-    extra = {"residual_after_attention": [arch.n_layers, arch.hidden]}
-    acts = cached_contrastive_capture(lm, dataset, pseudo, extra, batch_size, progress)
-    return acts[:, :, 0, :]
 
 
 def _check(acts: torch.Tensor, n_items: int) -> None:
