@@ -68,6 +68,7 @@ def cmd_generate_eval(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         top_p=args.top_p,
         batch_size=args.batch_size,
+        share_prefix=args.share_prefix,
         device=args.device,
         dtype=args.dtype,
         load_in_4bit=args.load_in_4bit,
@@ -428,6 +429,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="answers generated together")
+    p.add_argument(
+        "--no-share-prefix",
+        dest="share_prefix",
+        action="store_false",
+        help="recompute the prompt prefix all statements share (the system prompt: ~1,500 "
+        "tokens for few-shot) for every batch instead of once per person (same tokens and "
+        "positions; equal up to float rounding; only for comparisons)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_pas_args(p)
     add_train_args(p)

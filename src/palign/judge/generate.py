@@ -66,6 +66,9 @@ class GenerateConfig:
         temperature: sampling temperature (0 = greedy).
         top_p: nucleus sampling (1 = off); only with temperature > 0.
         batch_size: answers generated together.
+        share_prefix: compute the prompt prefix common to a person's statements once
+            (:func:`generate_texts`); like ``batch_size``, not part of the identity (the
+            answers agree up to float rounding).
         device / dtype / load_in_4bit: model loading.
         options: method options (PAS ``k``, ``alpha_grid``...).
         question_version: version of the open question (:data:`prompts.QUESTION_VERSION`).
@@ -85,6 +88,7 @@ class GenerateConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     batch_size: int = 16
+    share_prefix: bool = True
     device: str = "auto"
     dtype: str = "auto"
     load_in_4bit: bool = False
@@ -96,7 +100,7 @@ class GenerateConfig:
     def identity(self) -> dict[str, Any]:
         """Fields that must match for a folder to be resumed."""
         d = asdict(self)
-        for k in ("persons", "data", "batch_size", "device", "full"):
+        for k in ("persons", "data", "batch_size", "share_prefix", "device", "full"):
             d.pop(k)
         return d
 
@@ -137,16 +141,22 @@ def generate_texts(
     top_p: float = 1.0,
     seed: int = 0,
     batch_size: int = 16,
+    share_prefix: bool = True,
 ) -> list[str]:
     """Answers of one aligned state to several user turns (left-padded batches).
 
     ``steering`` (``(n_layers, hidden)``) is added to every batch row through
     :func:`palign.steering.steer` at ``position``; torch is seeded once with ``seed`` before
-    the first batch.
+    the first batch. ``share_prefix``: the prompt prefix common to all turns (the system
+    prompt: a few-shot prompt is ~1,500 tokens) is computed once and its keys/values reused by
+    every batch (:func:`palign.models.prefix_generate.generate_shared_prefix`; the same
+    tokens and positions, equal up to float rounding); not with last-position steering,
+    whose hook must see each prompt's own last token.
     """
     import torch
 
     from palign.chat import chat_ids
+    from palign.models.prefix_generate import MIN_SHARED_PREFIX, generate_shared_prefix
     from palign.steering import steer
 
     tok = lm.tokenizer
@@ -158,20 +168,18 @@ def generate_texts(
         kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    share = share_prefix and (steering is None or position == "all")
     torch.manual_seed(seed)
-    out: list[str] = []
-    for s in range(0, len(seqs), batch_size):
-        chunk = seqs[s : s + batch_size]
-        width = max(len(q) for q in chunk)
-        ids = torch.tensor([[pad] * (width - len(q)) + q for q in chunk], device=lm.device)
-        mask = torch.tensor(
-            [[0] * (width - len(q)) + [1] * len(q) for q in chunk], device=lm.device
+    with steer(lm.model, steering, position=position):  # type: ignore[arg-type]
+        new = generate_shared_prefix(
+            lm.model,
+            seqs,
+            pad,
+            batch_size=batch_size,
+            min_prefix=MIN_SHARED_PREFIX if share else None,
+            **kw,
         )
-        u = None if steering is None else steering.unsqueeze(0).expand(len(chunk), -1, -1)
-        with torch.inference_mode(), steer(lm.model, u, position=position):  # type: ignore[arg-type]
-            g = lm.model.generate(ids, attention_mask=mask, **kw)
-        out += [tok.decode(o[width:], skip_special_tokens=True).strip() for o in g]
-    return out
+    return [tok.decode(ids, skip_special_tokens=True).strip() for ids in new]
 
 
 @contextmanager
@@ -345,6 +353,7 @@ def run_generate(
                         top_p=cfg.top_p,
                         seed=person_seed(cfg.seed, p.id),
                         batch_size=cfg.batch_size,
+                        share_prefix=cfg.share_prefix,
                     )
                 # the same aligned state's multiple-choice answers (consistency of the model)
                 mc = mc_record(lm, dataset, method, a, item_ids, cfg.batch_size)
