@@ -172,6 +172,48 @@ def method_row(
     return row
 
 
+def constant_reference(
+    stance_items: dict[str, list[dict[str, Any]]],
+    rubric_items: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """What a judge that reads one value everywhere would give (the anchor of a weak judge).
+
+    ``stance``: the judge's most common parsed stance reading ``c`` over every method, its
+    share of those readings, and the stance error of reading *every* answer as ``c``: per
+    person the sum of the five trait MAEs of ``|c - answer|`` (mean and 95% interval over
+    persons, as the methods' stance error) on the first method's items (the persons and
+    statements, so the answers, are the same for every method). ``rubric``: the most common
+    rubric score and its share. None without stance items.
+    """
+    from collections import Counter
+
+    from palign.judge.stance import error_summary
+
+    readings = [i["stance"] for v in stance_items.values() for i in v if i.get("stance")]
+    if not readings:
+        return None
+    c, n_c = Counter(readings).most_common(1)[0]
+    items = next(iter(stance_items.values()))
+    traits = list(dict.fromkeys(i["trait"] for i in items))
+    ref = [
+        {**i, "ref_error": None if i.get("answer") is None else abs(c - i["answer"])} for i in items
+    ]
+    out: dict[str, Any] = {
+        "stance": {
+            "reading": c,
+            "share": round(n_c / len(readings), 4),
+            "n_readings": len(readings),
+            "error": error_summary(ref, traits, "ref_error")["person_sum"],
+        },
+        "rubric": None,
+    }
+    scores = [i["score"] for v in rubric_items.values() for i in v if i.get("score") is not None]
+    if scores:
+        r, n_r = Counter(scores).most_common(1)[0]
+        out["rubric"] = {"score": r, "share": round(n_r / len(scores), 4), "n": len(scores)}
+    return out
+
+
 # --- running -------------------------------------------------------------------------------
 
 
@@ -283,6 +325,7 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
     """The page's data from the folders (methods not finished are listed as missing)."""
     rubric_items: dict[str, list[dict[str, Any]]] = {}
     stance: dict[str, dict[str, Any]] = {}
+    stance_items: dict[str, list[dict[str, Any]]] = {}
     judges: dict[str, Any] = {}
     gen_info: dict[str, Any] = {}
     missing = []
@@ -294,6 +337,8 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
             continue
         rubric_items[entry] = read_jsonl(rp)
         stance[entry] = json.loads(sp.read_text())
+        if sp.with_suffix(".jsonl").is_file():
+            stance_items[entry] = read_jsonl(sp.with_suffix(".jsonl"))
         rj = json.loads((folder / "judge" / f"{args.judge_name}.json").read_text())
         judges[entry] = {**rj["judge"], "protocol": rj["protocol"]}
         gres = json.loads((folder / "results.json").read_text())
@@ -352,6 +397,7 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
         "baseline": base_key,
         "missing": missing,
         "validation": validation,
+        "reference": constant_reference(stance_items, rubric_items),
     }
 
 
@@ -495,6 +541,24 @@ def markdown(
             f"{_f(cons.get('exact_agreement'))} | {_f(cons.get('spearman'))} | "
             f"{_f(st['unparsed_rate'])} |"
         )
+    ref = d.get("reference")
+    if ref:
+        st, ru = ref["stance"], ref["rubric"]
+        lines += [
+            "",
+            f"**A judge that reads one value everywhere**: this judge's most common stance "
+            f"reading is {st['reading']} ({st['share']:.0%} of its {st['n_readings']} stance "
+            f"readings over all methods); reading *every* answer as {st['reading']} gives a "
+            f"stance error of {_ci(st['error'])} on these persons and statements. A method's "
+            "stance error says something about its free text only where it differs from this "
+            "anchor."
+            + (
+                f" Its most common rubric score is {ru['score']} ({ru['share']:.0%} of its "
+                f"{ru['n']} parsed rubric judgements)."
+                if ru
+                else ""
+            ),
+        ]
     if d["missing"]:
         lines += ["", f"Not finished yet: {', '.join(d['missing'])}."]
     lines += [
@@ -535,7 +599,8 @@ def markdown(
         ]
     lines += [
         "```bash",
-        "python benchmarks/open_ended_table.py " + shlex.join(argv),
+        "python benchmarks/open_ended_table.py "
+        + shlex.join([a for a in argv if a != "--report-only"]),
     ]
     for entry, cmds in commands.items():
         lines.append(f"# {entry}")

@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from open_ended_table import (  # noqa: E402
     _fresh,
+    constant_reference,
     family,
     item_histogram,
     main,
@@ -144,6 +145,11 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
             )
         )
         (f / "judge" / "judge-j-stance.json").write_text(json.dumps(STANCE))
+        st = [
+            {"person": p, "item": i, "trait": "O", "answer": a, "stance": 4}
+            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
+        ]
+        (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "2", "--items", "2", "--methods", "vanilla,few-shot,pas",
@@ -161,6 +167,10 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
     page = (out / "p.md").read_text()
     assert "| few-shot | 2.75 [" in page and "| 1/0/1 |" in page
     assert "**Judge validation**: missing" in page and "Not finished yet: pas." in page
+    # every answer read as 4: a (1 + 1) / 2 = 1.0, b 0.0 -> 0.50
+    assert d["reference"]["stance"]["reading"] == 4 and d["reference"]["stance"]["share"] == 1.0
+    assert "reading *every* answer as 4 gives a stance error of 0.50 [" in page
+    assert "--report-only" not in page
     assert "an OpenAI-compatible endpoint (http://h/v1)" in page
     assert "palign judge " in page and "--mode stance --name judge-j" in page
     assert "palign generate-eval --method pas --model m" in page and "--steer-position all" in page
@@ -225,6 +235,11 @@ def test_alphas_from_reaches_the_pas_runs_and_the_page(tmp_path: Path, capsys) -
             json.dumps({"judge": {"kind": "remote", "model": "j"}, "protocol": "score-first"})
         )
         (f / "judge" / "judge-j-stance.json").write_text(json.dumps(STANCE))
+        st = [
+            {"person": p, "item": i, "trait": "O", "answer": a, "stance": 4}
+            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
+        ]
+        (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "1", "--items", "1", "--methods", "vanilla,pas",
@@ -241,3 +256,28 @@ def test_alphas_from_reaches_the_pas_runs_and_the_page(tmp_path: Path, capsys) -
     assert "--alphas-from docs/results/t.json:pas@all" in page
     assert "pas: row `pas@all` of `t.json` (sha256 `abababababab...`)" in page
     assert "heldout (reused)" in page
+
+
+def test_constant_reading_reference_by_hand() -> None:
+    """The anchor of a weak judge: its modal stance reading over every method, and the
+    stance error of reading every answer as that value, computed by hand."""
+
+    def st(person: str, answer: int, stance: int | None) -> dict:
+        return {"person": person, "item": "i", "trait": "O", "answer": answer, "stance": stance}
+
+    stance_items = {
+        "m1": [st("a", 5, 4), st("a", 1, 4), st("b", 3, 4), st("b", 4, 2)],
+        "m2": [st("a", 5, 4), st("a", 1, 3), st("b", 3, None), st("b", 4, 4)],
+    }
+    rubric = {"m1": [_it("a", 4), _it("a", 4), _it("b", None)], "m2": [_it("b", 2)]}
+    ref = constant_reference(stance_items, rubric)
+    assert ref is not None
+    s = ref["stance"]
+    assert (s["reading"], s["n_readings"]) == (4, 7) and s["share"] == pytest.approx(
+        5 / 7, abs=1e-4
+    )
+    # every answer read as 4: a |4-5|, |4-1| -> 2.0; b |4-3|, |4-4| -> 0.5; mean 1.25
+    assert s["error"]["mean"] == pytest.approx(1.25) and s["error"]["n"] == 2
+    assert (s["error"]["lo"], s["error"]["hi"]) == pytest.approx((0.0, 4.0))  # clipped, 1 trait
+    assert ref["rubric"] == {"score": 4, "share": pytest.approx(2 / 3, abs=1e-4), "n": 3}
+    assert constant_reference({"m": [st("a", 5, None)]}, {}) is None
