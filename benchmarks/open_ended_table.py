@@ -214,6 +214,55 @@ def constant_reference(
     return out
 
 
+def examples(
+    folders: dict[str, Path],
+    stance_items: dict[str, list[dict[str, Any]]],
+    n_items: int = 3,
+) -> list[dict[str, Any]]:
+    """The first person's first ``n_items`` statements as every finished method answered
+    them: the free text, the method's multiple-choice answer and the judge's stance reading
+    (what a reader checks the figures against)."""
+    gens = {}
+    for entry, folder in folders.items():
+        f = folder / "generations.jsonl"
+        if entry in stance_items and f.is_file():
+            gens[entry] = read_jsonl(f)
+    if not gens:
+        return []
+    first = next(iter(gens.values()))
+    person = str(first[0]["person"])
+    rows = [r for r in first if str(r["person"]) == person][:n_items]
+    out = []
+    for r in rows:
+        per = {}
+        for entry, g in gens.items():
+            gi = next((x for x in g if str(x["person"]) == person and x["item"] == r["item"]), None)
+            si = next(
+                (
+                    x
+                    for x in stance_items[entry]
+                    if str(x["person"]) == person and x["item"] == r["item"]
+                ),
+                None,
+            )
+            if gi is not None:
+                per[entry] = {
+                    "text": gi["text"],
+                    "mc_answer": gi.get("mc_answer"),
+                    "stance": None if si is None else si.get("stance"),
+                }
+        out.append(
+            {
+                "person": person,
+                "item": r["item"],
+                "statement": r["statement"],
+                "answer": r.get("answer"),
+                "methods": per,
+            }
+        )
+    return out
+
+
 # --- running -------------------------------------------------------------------------------
 
 
@@ -398,6 +447,7 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
         "missing": missing,
         "validation": validation,
         "reference": constant_reference(stance_items, rubric_items),
+        "examples": examples(folders, stance_items),
     }
 
 
@@ -581,6 +631,30 @@ def markdown(
     ]
     if png:
         lines += ["", f"![score distributions]({png})"]
+    if d.get("examples"):
+        ex = d["examples"]
+        lines += [
+            "",
+            "## Examples",
+            "",
+            f"Person {ex[0]['person']}'s first {len(ex)} statements, as each method answered "
+            "them (the texts are the run's, unedited; MC = the method's multiple-choice "
+            "answer, stance = the judge's 1-5 reading of the text; 5 = Very Accurate).",
+        ]
+        for e in ex:
+            lines += [
+                "",
+                f"**{e['statement']}** (the person's answer: {e['answer']})",
+                "",
+                "| method | MC | stance | text |",
+                "|---|---:|---:|---|",
+            ]
+            for m, v in e["methods"].items():
+                text = " ".join(str(v["text"]).split()).replace("|", "\\|")
+                lines.append(
+                    f"| {m} | {v['mc_answer'] if v['mc_answer'] is not None else '-'} | "
+                    f"{v['stance'] if v['stance'] is not None else '-'} | {text} |"
+                )
     lines += ["", "## Commands", ""]
     reused = {e: g["alphas_from"] for e, g in d["generation"].items() if g.get("alphas_from")}
     if reused:

@@ -150,6 +150,12 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
             for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
         ]
         (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
+        gens = [
+            {"person": p, "item": i, "statement": f"S{i}", "answer": a, "mc_answer": 2,
+             "text": f"{method} says | {p}{i}"}
+            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
+        ]  # fmt: skip
+        (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "2", "--items", "2", "--methods", "vanilla,few-shot,pas",
@@ -171,6 +177,10 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
     assert d["reference"]["stance"]["reading"] == 4 and d["reference"]["stance"]["share"] == 1.0
     assert "reading *every* answer as 4 gives a stance error of 0.50 [" in page
     assert "--report-only" not in page
+    # examples: person a's statements, each finished method's text (a '|' escaped), MC, stance
+    assert [e["item"] for e in d["examples"]] == ["1", "2"]
+    assert "**S1** (the person's answer: 5)" in page
+    assert "| few-shot | 2 | 4 | few-shot says \\| a1 |" in page
     assert "an OpenAI-compatible endpoint (http://h/v1)" in page
     assert "palign judge " in page and "--mode stance --name judge-j" in page
     assert "palign generate-eval --method pas --model m" in page and "--steer-position all" in page
@@ -240,6 +250,12 @@ def test_alphas_from_reaches_the_pas_runs_and_the_page(tmp_path: Path, capsys) -
             for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
         ]
         (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
+        gens = [
+            {"person": p, "item": i, "statement": f"S{i}", "answer": a, "mc_answer": 2,
+             "text": f"{method} says | {p}{i}"}
+            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
+        ]  # fmt: skip
+        (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "1", "--items", "1", "--methods", "vanilla,pas",
