@@ -47,7 +47,9 @@ from palign.errors import PalignError
 from palign.judge.generate import read_jsonl
 from palign.judge.run import judge_slug, mean_ci
 
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2
+"""2: ``validation`` is a list (one entry per ``--validation``), ``reference`` and
+``examples`` added; 1: ``validation`` one entry or None."""
 
 
 # --- pure aggregation (tested in tests/test_open_ended_table.py) -------------------------------
@@ -124,6 +126,9 @@ def validation_summary(d: dict[str, Any]) -> dict[str, Any]:
         "generator": ka.get("generator"),
         "statements": ka.get("items"),
         "protocol": d.get("protocol"),
+        "mean_reading_per_level": {
+            k: v.get("mean_reading") for k, v in sorted((d.get("per_level") or {}).items())
+        },
         **{
             k: d.get(k)
             for k in (
@@ -408,14 +413,14 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
     ]
     persons = sorted({str(i["person"]) for v in rubric_items.values() for i in v})
     items = sorted({str(i["item"]) for v in rubric_items.values() for i in v})
-    validation = None
-    if args.validation:
-        p = Path(args.validation)
+    validation = []
+    for v in args.validation or []:
+        p = Path(v)
         if not p.is_file():
             raise PalignError(
                 f"--validation {p} not found; pass OUT/judge/<name>.json of 'palign judge-validate'"
             )
-        validation = validation_summary(json.loads(p.read_text()))
+        validation.append(validation_summary(json.loads(p.read_text())))
     return {
         "format": RESULTS_FORMAT,
         "name": args.name,
@@ -554,14 +559,17 @@ def markdown(
             "its own family's wording; the validation figures below bound how well it reads "
             "a stance at all.",
         ]
-    v = d["validation"]
+    vals = d["validation"]
+    if isinstance(vals, dict):  # format 1 pages: one validation
+        vals = [vals]
     lines.append("")
-    if v is None:
+    if not vals:
         lines.append(
             "**Judge validation**: missing. No `palign judge-validate` result was given "
             "(`--validation`); the figures below are not backed by a measured judge."
         )
-    else:
+    for v in vals:
+        per = v.get("mean_reading_per_level") or {}
         lines += [
             f"**Judge validation** (`palign judge-validate`, texts written by {v['generator']} "
             f"at each stance 1-5 for {v['statements']} statements, read back by {v['judge']} "
@@ -569,8 +577,18 @@ def markdown(
             f"{_f(v['unparsed_rate'], 3)}, Spearman {_f(v['spearman'], 3)}, exact "
             f"{_f(v['exact_agreement'], 3)}, within one {_f(v['within_one'], 3)}, MAE "
             f"{_f(v['mae'], 3)}; weighted: Spearman {_f(v['spearman_weighted'], 3)}, MAE "
-            f"{_f(v['mae_weighted'], 3)}.",
+            f"{_f(v['mae_weighted'], 3)}"
+            + (
+                "; mean reading per instructed stance 1..5: "
+                + ", ".join(_f(per[k]) for k in sorted(per))
+                if per
+                else ""
+            )
+            + ".",
+            "",
         ]
+    if vals and lines[-1] == "":
+        lines.pop()
     base = d["baseline"]
     lines += [
         "",
@@ -702,9 +720,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-batch-size", type=int, default=8, help="local judge batch size")
     ap.add_argument(
         "--validation",
+        action="append",
         default=None,
         metavar="FILE",
-        help="a 'palign judge-validate' result (OUT/judge/<name>.json) of this judge",
+        help="a 'palign judge-validate' result (OUT/judge/<name>.json) of this judge; "
+        "repeat for several (e.g. texts written by different generators)",
     )
     ap.add_argument(
         "--alphas-from",

@@ -113,9 +113,8 @@ def test_method_row_and_validation() -> None:
         validation_summary({"mode": "score"})
 
 
-def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
-    """The page from two methods' judge outputs written by hand: rows, W/T/L, missing
-    validation, commands; a third method without outputs is listed as not finished."""
+def _write_runs(tmp_path: Path) -> None:
+    """Two methods' finished generation and judge outputs, written by hand."""
     runs = tmp_path / "runs" / "open-ended-m"
     for method, scores in (("vanilla", [3, 3, 2, 4]), ("few-shot", [4, 3, 2, 2])):
         f = runs / method
@@ -156,6 +155,12 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
             for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
         ]  # fmt: skip
         (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+
+
+def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
+    """The page from two methods' judge outputs written by hand: rows, W/T/L, missing
+    validation, commands; a third method without outputs is listed as not finished."""
+    _write_runs(tmp_path)
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "2", "--items", "2", "--methods", "vanilla,few-shot,pas",
@@ -297,3 +302,37 @@ def test_constant_reading_reference_by_hand() -> None:
     assert (s["error"]["lo"], s["error"]["hi"]) == pytest.approx((0.0, 4.0))  # clipped, 1 trait
     assert ref["rubric"] == {"score": 4, "share": pytest.approx(2 / 3, abs=1e-4), "n": 3}
     assert constant_reference({"m": [st("a", 5, None)]}, {}) is None
+
+
+def test_several_validations_on_the_page(tmp_path: Path, capsys) -> None:
+    """--validation repeated: one line per judge-validate result, with the mean reading per
+    instructed stance."""
+    _write_runs(tmp_path)
+    files = []
+    for gen, readings in (("g-small", [4, 4, 4, 4, 4]), ("g-big", [1, 2, 3, 4, 5])):
+        v = {
+            "mode": "stance", "protocol": "score-first",
+            "judge": {"model": "j", "resolved_models": ["j-1"], "base_url": None},
+            "known_answers": {"generator": gen, "items": 10}, "n_texts": 50,
+            "unparsed_rate": 0.0, "spearman": None, "exact_agreement": 0.2, "within_one": 0.6,
+            "mae": 1.4, "spearman_weighted": 0.1, "mae_weighted": 1.3,
+            "per_level": {str(k + 1): {"n": 10, "mean_reading": r} for k, r in enumerate(readings)},
+        }  # fmt: skip
+        files.append(tmp_path / f"{gen}.json")
+        files[-1].write_text(json.dumps(v))
+    out = tmp_path / "page"
+    argv = [
+        "--model", "m", "--persons", "2", "--items", "2", "--methods", "vanilla,few-shot",
+        "--judge-model", "j", "--runs", str(tmp_path / "runs"), "--out", str(out),
+        "--report-only", "--name", "p", "--validation", str(files[0]),
+        "--validation", str(files[1]),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    d = json.loads((out / "p.json").read_text())
+    assert [v["generator"] for v in d["validation"]] == ["g-small", "g-big"]
+    page = (out / "p.md").read_text()
+    assert "texts written by g-small" in page and "texts written by g-big" in page
+    assert "per instructed stance 1..5: 4.00, 4.00, 4.00, 4.00, 4.00." in page
+    assert "per instructed stance 1..5: 1.00, 2.00, 3.00, 4.00, 5.00." in page
+    assert "**Judge validation**: missing" not in page
