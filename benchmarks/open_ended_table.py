@@ -509,6 +509,15 @@ def plot(d: dict[str, Any], path: Path) -> bool:
         a2.scatter(np.full(len(vals), k) + jitter, vals, s=18, alpha=0.7)
         if vals:
             a2.hlines(np.mean(vals), k - 0.3, k + 0.3, color="black")
+    ref = (d.get("reference") or {}).get("stance")
+    if ref and ref["error"].get("mean") is not None:
+        a2.axhline(
+            ref["error"]["mean"],
+            linestyle="--",
+            color="grey",
+            label=f"every answer read as {ref['reading']} (mean)",
+        )
+        a2.legend(fontsize=8, loc="lower right")
     a2.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=15)
     a2.set_ylim(0, max([4.0, *[v for vals in data for v in vals]]) * 1.05)
     a2.set_ylabel("sum of the 5 trait MAEs (lower is better)")
