@@ -177,6 +177,21 @@ def method_row(
     return row
 
 
+FIRST_PERSON = re.compile(r"^\W*(I|I'm|I've|I'd|I'll|My|Me|Myself|As (a|an|someone)\b)\b")
+"""An answer that opens in the first person (the person speaking), as the question asks."""
+
+
+def first_person_share(texts: list[str]) -> dict[str, Any]:
+    """How many answers open in the first person (:data:`FIRST_PERSON`): a judge-free check
+    of whether the aligned model speaks *as* the person or *about* them."""
+    n = sum(bool(FIRST_PERSON.match(t or "")) for t in texts)
+    return {
+        "first_person": n,
+        "n": len(texts),
+        "share": round(n / len(texts), 4) if texts else None,
+    }
+
+
 def constant_reference(
     stance_items: dict[str, list[dict[str, Any]]],
     rubric_items: dict[str, list[dict[str, Any]]],
@@ -411,6 +426,9 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
         for e in folders
         if e in rubric_items
     ]
+    for r in rows:
+        g = folders[r["method"]] / "generations.jsonl"
+        r["voice"] = first_person_share([x["text"] for x in read_jsonl(g)]) if g.is_file() else None
     persons = sorted({str(i["person"]) for v in rubric_items.values() for i in v})
     items = sorted({str(i["item"]) for v in rubric_items.values() for i in v})
     validation = []
@@ -603,8 +621,8 @@ def markdown(
         "",
         f"| method | rubric score [95% CI] | weighted | vs {base or 'baseline'} (W/T/L) | "
         "rubric unparsed | stance error [95% CI] | weighted | MC error, same rows | "
-        "MC vs stance: MAE | exact | Spearman | stance unparsed |",
-        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|",
+        "MC vs stance: MAE | exact | Spearman | stance unparsed | first person |",
+        "|---|---|---|---|---:|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in d["rows"]:
         ru, st = r["rubric"], r["stance"]
@@ -616,7 +634,13 @@ def markdown(
             + f" | {ru['unparsed']}/{ru['n_items']} | {_ci(st['error'])} | "
             f"{_ci(st['error_weighted'])} | {_ci(st['mc_error'])} | {_f(cons.get('mae'))} | "
             f"{_f(cons.get('exact_agreement'))} | {_f(cons.get('spearman'))} | "
-            f"{_f(st['unparsed_rate'])} |"
+            f"{_f(st['unparsed_rate'])} | "
+            + (
+                f"{r['voice']['first_person']}/{r['voice']['n']}"
+                if r.get("voice") and r["voice"]["n"]
+                else "-"
+            )
+            + " |"
         )
     ref = d.get("reference")
     if ref:
@@ -652,6 +676,9 @@ def markdown(
         "- **MC error, same rows**: the method's own multiple-choice answer (`mc_answer`, read "
         "as `palign eval` reads it, in the same aligned state) against the person's answer, "
         "same scale.",
+        '- **first person**: answers that open in the first person ("I ...", "My ...", '
+        '"As someone ..."), speaking *as* the person the question addresses, not about '
+        "them; no judge involved.",
         "- **MC vs stance**: the multiple-choice answer against the reading of the same "
         "method's free text on the same statement (is the aligned model consistent with "
         "itself?), over items where both are parsed.",

@@ -15,6 +15,7 @@ from open_ended_table import (  # noqa: E402
     _fresh,
     constant_reference,
     family,
+    first_person_share,
     item_histogram,
     main,
     method_row,
@@ -186,6 +187,7 @@ def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
     assert [e["item"] for e in d["examples"]] == ["1", "2"]
     assert "**S1** (the person's answer: 5)" in page
     assert "| few-shot | 2 | 4 | few-shot says \\| a1 |" in page
+    assert d["rows"][1]["voice"] == {"first_person": 0, "n": 4, "share": 0.0}
     assert "an OpenAI-compatible endpoint (http://h/v1)" in page
     assert "palign judge " in page and "--mode stance --name judge-j" in page
     assert "palign generate-eval --method pas --model m" in page and "--steer-position all" in page
@@ -336,3 +338,18 @@ def test_several_validations_on_the_page(tmp_path: Path, capsys) -> None:
     assert "per instructed stance 1..5: 4.00, 4.00, 4.00, 4.00, 4.00." in page
     assert "per instructed stance 1..5: 1.00, 2.00, 3.00, 4.00, 5.00." in page
     assert "**Judge validation**: missing" not in page
+
+
+def test_first_person_share() -> None:
+    texts = [
+        "I like parties.",
+        "I'm tidy most days.",
+        '"My desk is a mess," I admit.',
+        "As someone who plans ahead, I never panic.",
+        "Based on your descriptions, you are tidy.",
+        "This suggests that the individual likes order.",
+        "Ice cream is my favourite.",  # 'Ice' is not 'I'
+        "",
+    ]
+    assert first_person_share(texts) == {"first_person": 4, "n": 8, "share": 0.5}
+    assert first_person_share([])["share"] is None
