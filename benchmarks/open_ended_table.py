@@ -120,7 +120,21 @@ def validation_summary(d: dict[str, Any]) -> dict[str, Any]:
         raise PalignError("--validation: not a 'palign judge-validate' result (OUT/judge/*.json)")
     ka = d.get("known_answers") or {}
     j = d.get("judge") or {}
+    cmd = None
+    if d.get("folder") and ka.get("generator") and j.get("model"):
+        cmd = ["judge-validate", "--out", str(d["folder"]), "--generator", str(ka["generator"])]
+        if ka.get("generator_base_url"):
+            cmd += ["--generator-base-url", str(ka["generator_base_url"])]
+        cmd += ["--judge-model", str(j["model"])]
+        if j.get("base_url"):
+            cmd += ["--base-url", str(j["base_url"])]
+        for flag, key in (("--items", "items"), ("--gen-max-tokens", "max_new_tokens")):
+            if ka.get(key) is not None:
+                cmd += [flag, str(ka[key])]
+        if ka.get("seed"):
+            cmd += ["--seed", str(ka["seed"])]
     return {
+        "command": None if cmd is None else "palign " + shlex.join(cmd),
         "judge": ", ".join(j.get("resolved_models") or []) or j.get("model"),
         "served": j.get("base_url") or "in-process",
         "generator": ka.get("generator"),
@@ -725,6 +739,11 @@ def markdown(
             + ".",
             "",
         ]
+    vcmds = [
+        v["command"] for v in (d["validation"] or []) if isinstance(v, dict) and v.get("command")
+    ]
+    if vcmds:
+        lines += ["The judge's validation:", "", "```bash", *vcmds, "```", ""]
     lines += [
         "```bash",
         "python benchmarks/open_ended_table.py "

@@ -315,7 +315,8 @@ def test_several_validations_on_the_page(tmp_path: Path, capsys) -> None:
         v = {
             "mode": "stance", "protocol": "score-first",
             "judge": {"model": "j", "resolved_models": ["j-1"], "base_url": None},
-            "known_answers": {"generator": gen, "items": 10}, "n_texts": 50,
+            "known_answers": {"generator": gen, "items": 10, "max_new_tokens": 64, "seed": 0},
+            "folder": f"runs/kv-{gen}", "n_texts": 50,
             "unparsed_rate": 0.0, "spearman": None, "exact_agreement": 0.2, "within_one": 0.6,
             "mae": 1.4, "spearman_weighted": 0.1, "mae_weighted": 1.3,
             "per_level": {str(k + 1): {"n": 10, "mean_reading": r} for k, r in enumerate(readings)},
@@ -338,6 +339,10 @@ def test_several_validations_on_the_page(tmp_path: Path, capsys) -> None:
     assert "per instructed stance 1..5: 4.00, 4.00, 4.00, 4.00, 4.00." in page
     assert "per instructed stance 1..5: 1.00, 2.00, 3.00, 4.00, 5.00." in page
     assert "**Judge validation**: missing" not in page
+    assert (
+        "palign judge-validate --out runs/kv-g-big --generator g-big --judge-model j "
+        "--items 10 --gen-max-tokens 64\n" in page
+    )
 
 
 def test_first_person_share() -> None:
