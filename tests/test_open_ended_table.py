@@ -114,6 +114,19 @@ def test_method_row_and_validation() -> None:
         validation_summary({"mode": "score"})
 
 
+def _write_items(f: Path, method: str) -> None:
+    """Per-item stance readings (all "4") and generations of two persons x two items."""
+    rows = (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
+    st = [{"person": p, "item": i, "trait": "O", "answer": a, "stance": 4} for p, i, a in rows]
+    (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
+    gens = [
+        {"person": p, "item": i, "statement": f"S{i}", "answer": a, "mc_answer": 2,
+         "text": f"{method} says | {p}{i}"}
+        for p, i, a in rows
+    ]  # fmt: skip
+    (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+
+
 def _write_runs(tmp_path: Path) -> None:
     """Two methods' finished generation and judge outputs, written by hand."""
     runs = tmp_path / "runs" / "open-ended-m"
@@ -145,17 +158,7 @@ def _write_runs(tmp_path: Path) -> None:
             )
         )
         (f / "judge" / "judge-j-stance.json").write_text(json.dumps(STANCE))
-        st = [
-            {"person": p, "item": i, "trait": "O", "answer": a, "stance": 4}
-            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
-        ]
-        (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
-        gens = [
-            {"person": p, "item": i, "statement": f"S{i}", "answer": a, "mc_answer": 2,
-             "text": f"{method} says | {p}{i}"}
-            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
-        ]  # fmt: skip
-        (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+        _write_items(f, method)
 
 
 def test_report_only_page_from_finished_folders(tmp_path: Path, capsys) -> None:
@@ -252,17 +255,7 @@ def test_alphas_from_reaches_the_pas_runs_and_the_page(tmp_path: Path, capsys) -
             json.dumps({"judge": {"kind": "remote", "model": "j"}, "protocol": "score-first"})
         )
         (f / "judge" / "judge-j-stance.json").write_text(json.dumps(STANCE))
-        st = [
-            {"person": p, "item": i, "trait": "O", "answer": a, "stance": 4}
-            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
-        ]
-        (f / "judge" / "judge-j-stance.jsonl").write_text("".join(json.dumps(i) + "\n" for i in st))
-        gens = [
-            {"person": p, "item": i, "statement": f"S{i}", "answer": a, "mc_answer": 2,
-             "text": f"{method} says | {p}{i}"}
-            for p, i, a in (("a", "1", 5), ("a", "2", 3), ("b", "1", 4), ("b", "2", 4))
-        ]  # fmt: skip
-        (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+        _write_items(f, method)
     out = tmp_path / "page"
     argv = [
         "--model", "m", "--persons", "1", "--items", "1", "--methods", "vanilla,pas",
