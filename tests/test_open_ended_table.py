@@ -24,6 +24,7 @@ from open_ended_table import (  # noqa: E402
     validation_summary,
     wins_ties_losses,
 )
+from palign.judge.generate import read_jsonl  # noqa: E402
 
 T1 = 12.706204736174696  # Student-t 97.5% quantile, 1 degree of freedom
 
@@ -351,3 +352,67 @@ def test_first_person_share() -> None:
     ]
     assert first_person_share(texts) == {"first_person": 4, "n": 8, "share": 0.5}
     assert first_person_share([])["share"] is None
+
+
+def test_steering_summary_counts_alphas_and_identical_texts_by_hand(tmp_path: Path, capsys) -> None:
+    """What PAS steered: per person the alpha from ``persons/<id>.json``, the texts identical
+    to the base method's (all / alpha 0 / steered) and the steered persons' figures next to
+    the base's, counted by hand; the page states them."""
+    import shutil
+
+    from open_ended_table import base_entry, steering_summary
+
+    assert base_entry("pas") == "vanilla" and base_entry("pas@last") == "vanilla"
+    assert base_entry("pas+few-shot@all") == "few-shot" and base_entry("few-shot") is None
+    _write_runs(tmp_path)
+    runs = tmp_path / "runs" / "open-ended-m"
+    f = runs / "pas_few-shot"
+    shutil.copytree(runs / "few-shot", f)
+    (f / "persons").mkdir()
+    for p, alpha in (("a", 0.0), ("b", 2.0)):
+        (f / "persons" / f"{p}.json").write_text(
+            json.dumps({"person": p, "info": {"alpha": alpha}})
+        )
+    gens = read_jsonl(f / "generations.jsonl")
+    gens[3]["text"] = "steered away"  # b2 differs from few-shot's; a1, a2, b1 do not
+    (f / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gens))
+    rows = [
+        {"method": "few-shot", "rubric": {"person_score": {"a": 3.5, "b": 2.0}},
+         "stance": {"person_sums": {"a": 1.0, "b": 3.0}}},
+        {"method": "pas+few-shot", "rubric": {"person_score": {"a": 3.5, "b": 4.5}},
+         "stance": {"person_sums": {"a": 1.0, "b": None}}},
+    ]  # fmt: skip
+    folders = {"few-shot": runs / "few-shot", "pas+few-shot": f}
+    s = steering_summary(folders, rows)["pas+few-shot"]
+    assert s["base"] == "few-shot" and s["alphas"] == {"a": 0.0, "b": 2.0}
+    assert s["steered"] == ["b"] and s["n_persons"] == 2
+    assert s["identical"] == {
+        "all": {"same": 3, "n": 4},
+        "alpha0": {"same": 2, "n": 2},
+        "steered": {"same": 1, "n": 2},
+    }
+    assert s["steered_figures"] == {
+        "rubric": 4.5,
+        "base_rubric": 2.0,
+        "stance_error": None,  # b's stance sum is not complete
+        "base_stance_error": 3.0,
+    }
+    assert steering_summary({"few-shot": runs / "few-shot"}, rows) == {}
+    # the page: the pas+few-shot folder has judge outputs copied from few-shot
+    out = tmp_path / "page"
+    argv = [
+        "--model", "m", "--persons", "2", "--items", "2", "--methods", "vanilla,few-shot,pas+few-shot",
+        "--judge-model", "j", "--runs", str(tmp_path / "runs"), "--out", str(out),
+        "--report-only", "--name", "p",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    d = json.loads((out / "p.json").read_text())
+    assert d["steering"]["pas+few-shot"]["identical"]["all"] == {"same": 3, "n": 4}
+    page = (out / "p.md").read_text()
+    assert "**What PAS steered**" in page
+    assert (
+        "- pas+few-shot: alpha > 0 for 1 of 2 persons (b: 2); texts identical to few-shot's: "
+        "3/4 (2/2 of the persons at alpha 0, 1/2 of the steered); on the 1 steered person: "
+        "rubric 2.00 against few-shot's 2.00" in page
+    )
