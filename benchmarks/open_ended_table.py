@@ -26,7 +26,9 @@ per-person means, 95% t-interval over persons), wins/ties/losses against vanilla
 the stance error (per person the sum of the five trait MAEs, mean and 95% interval), the
 multiple-choice error on the same rows, the consistency of the multiple-choice answer with the
 stance of the free text, the judge and its validation figures (``--validation``: a result of
-``palign judge-validate``, ``OUT/judge/<name>.json``).
+``palign judge-validate``, ``OUT/judge/<name>.json``), and what PAS steered (persons with
+alpha > 0, texts identical to the base method's). The page itself is written by
+``open_ended_page.py``.
 """
 
 from __future__ import annotations
