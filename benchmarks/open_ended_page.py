@@ -117,8 +117,9 @@ def steering_lines(steering: dict[str, Any]) -> list[str]:
             )
         sf = s.get("steered_figures")
         if sf:
+            who = f"{len(st)} steered person" + ("" if len(st) == 1 else "s")
             line += (
-                f"; on the {len(st)} steered person{'' if len(st) == 1 else 's'}: rubric {_f(sf['rubric'])} against "
+                f"; on the {who}: rubric {_f(sf['rubric'])} against "
                 f"{s['base']}'s {_f(sf['base_rubric'])}, stance error {_f(sf['stance_error'])} "
                 f"against {_f(sf['base_stance_error'])}"
             )

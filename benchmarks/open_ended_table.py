@@ -245,18 +245,15 @@ def constant_reference(
 
 
 def examples(
-    folders: dict[str, Path],
+    gens: dict[str, list[dict[str, Any]]],
     stance_items: dict[str, list[dict[str, Any]]],
     n_items: int = 3,
 ) -> list[dict[str, Any]]:
     """The first person's first ``n_items`` statements as every finished method answered
     them: the free text, the method's multiple-choice answer and the judge's stance reading
-    (what a reader checks the figures against)."""
-    gens = {}
-    for entry, folder in folders.items():
-        f = folder / "generations.jsonl"
-        if entry in stance_items and f.is_file():
-            gens[entry] = read_jsonl(f)
+    (what a reader checks the figures against; ``gens``: each method's ``generations.jsonl``
+    rows)."""
+    gens = {e: g for e, g in gens.items() if e in stance_items and g}
     if not gens:
         return []
     first = next(iter(gens.values()))
@@ -314,12 +311,17 @@ def _mean_over(d: dict[str, Any], persons: list[str]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def steering_summary(folders: dict[str, Path], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def steering_summary(
+    folders: dict[str, Path],
+    rows: list[dict[str, Any]],
+    gens: dict[str, list[dict[str, Any]]],
+) -> dict[str, Any]:
     """What PAS actually steered, per PAS entry with finished persons: each person's alpha
     (``persons/<id>.json``), how many were steered (alpha != 0), how many of its texts are
     identical to its base entry's (:func:`base_entry`; overall, for the persons at alpha 0 and
     for the steered ones), and on the steered persons the mean rubric score and stance error
-    of the entry and of its base (``rows``: :func:`method_row` rows)."""
+    of the entry and of its base (``rows``: :func:`method_row` rows; ``gens``: each method's
+    ``generations.jsonl`` rows)."""
     by_method = {r["method"]: r for r in rows}
     out: dict[str, Any] = {}
     for entry, folder in folders.items():
@@ -343,13 +345,9 @@ def steering_summary(folders: dict[str, Path], rows: list[dict[str, Any]]) -> di
             "identical": None,
             "steered_figures": None,
         }
-        gp, bp = folder / "generations.jsonl", folders.get(base)
-        if bp is not None and gp.is_file() and (bp / "generations.jsonl").is_file():
-            mine = {(str(g["person"]), str(g["item"])): g["text"] for g in read_jsonl(gp)}
-            theirs = {
-                (str(g["person"]), str(g["item"])): g["text"]
-                for g in read_jsonl(bp / "generations.jsonl")
-            }
+        if gens.get(entry) and gens.get(base):
+            mine = {(str(g["person"]), str(g["item"])): g["text"] for g in gens[entry]}
+            theirs = {(str(g["person"]), str(g["item"])): g["text"] for g in gens[base]}
             common = [k for k in mine if k in theirs]
             s["identical"] = {
                 "all": _same(mine, theirs, common),
@@ -510,9 +508,14 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
         for e in folders
         if e in rubric_items
     ]
+    gens = {  # each finished method's generations, read once
+        e: read_jsonl(folders[e] / "generations.jsonl")
+        for e in rubric_items
+        if (folders[e] / "generations.jsonl").is_file()
+    }
     for r in rows:
-        g = folders[r["method"]] / "generations.jsonl"
-        r["voice"] = first_person_share([x["text"] for x in read_jsonl(g)]) if g.is_file() else None
+        g = gens.get(r["method"])
+        r["voice"] = None if g is None else first_person_share([x["text"] for x in g])
     persons = sorted({str(i["person"]) for v in rubric_items.values() for i in v})
     items = sorted({str(i["item"]) for v in rubric_items.values() for i in v})
     validation = []
@@ -554,8 +557,10 @@ def collect(args: argparse.Namespace, folders: dict[str, Path]) -> dict[str, Any
         "missing": missing,
         "validation": validation,
         "reference": constant_reference(stance_items, rubric_items),
-        "examples": examples(folders, stance_items),
-        "steering": steering_summary({e: f for e, f in folders.items() if e in rubric_items}, rows),
+        "examples": examples(gens, stance_items),
+        "steering": steering_summary(
+            {e: f for e, f in folders.items() if e in rubric_items}, rows, gens
+        ),
     }
 
 

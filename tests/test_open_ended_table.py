@@ -383,7 +383,8 @@ def test_steering_summary_counts_alphas_and_identical_texts_by_hand(tmp_path: Pa
          "stance": {"person_sums": {"a": 1.0, "b": None}}},
     ]  # fmt: skip
     folders = {"few-shot": runs / "few-shot", "pas+few-shot": f}
-    s = steering_summary(folders, rows)["pas+few-shot"]
+    gens = {e: read_jsonl(g / "generations.jsonl") for e, g in folders.items()}
+    s = steering_summary(folders, rows, gens)["pas+few-shot"]
     assert s["base"] == "few-shot" and s["alphas"] == {"a": 0.0, "b": 2.0}
     assert s["steered"] == ["b"] and s["n_persons"] == 2
     assert s["identical"] == {
@@ -397,7 +398,7 @@ def test_steering_summary_counts_alphas_and_identical_texts_by_hand(tmp_path: Pa
         "stance_error": None,  # b's stance sum is not complete
         "base_stance_error": 3.0,
     }
-    assert steering_summary({"few-shot": runs / "few-shot"}, rows) == {}
+    assert steering_summary({"few-shot": runs / "few-shot"}, rows, gens) == {}
     # the page: the pas+few-shot folder has judge outputs copied from few-shot
     out = tmp_path / "page"
     argv = [
