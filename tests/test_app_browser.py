@@ -115,6 +115,18 @@ def wait(drv, cond, timeout: float = 120, what: str = "condition"):  # type: ign
     raise AssertionError(f"timed out waiting for {what}; message: {msg(drv)!r}")
 
 
+def open_profile(drv) -> None:  # type: ignore[no-untyped-def]
+    """Open the profile tab and wait until its chart is drawn.
+
+    The chart is filled after a fetch and sits above the align/download/delete buttons: a
+    click sent before it is drawn can land where a button *was* (CI once clicked beside
+    "Delete" this way and waited for a message that never came).
+    """
+    drv.execute_script("window.__palignProfile = null")
+    drv.find_element("id", "tab-profile").click()
+    wait(drv, lambda d: d.execute_script("return window.__palignProfile"), what="profile drawn")
+
+
 def msg(drv) -> str:  # type: ignore[no-untyped-def]
     return drv.execute_script(
         "const m=document.getElementById('msg');return m.hidden?'':m.textContent"
@@ -321,7 +333,7 @@ def test_app_in_browser(  # noqa: PLR0915 - one walk through the page
         assert box.get_attribute("value") == long
 
         # a server restart during a fit: a clear message, the answers survive
-        drv.find_element("id", "tab-profile").click()
+        open_profile(drv)
         gate.open.clear()
         drv.find_element("id", "align").click()
         wait(drv, lambda d: "Fitting" in text(d, "fit-status"), what="second fit")
@@ -336,8 +348,8 @@ def test_app_in_browser(  # noqa: PLR0915 - one walk through the page
         # the personality fitted before the restart is served again from the data folder
         assert "tiny:me" in [m["id"] for m in httpx.get(f"{url}/models").json()["data"]]
         # delete it and the answers
-        drv.find_element("id", "tab-profile").click()
-        wait(drv, lambda d: d.find_element("id", "delete").is_displayed(), what="delete button")
+        open_profile(drv)
+        assert drv.find_element("id", "delete").is_displayed()
         drv.find_element("id", "delete").click()
         wait(drv, lambda d: "Deleted personality me" in msg(d), what="deleted")
         assert "tiny:me" not in [m["id"] for m in httpx.get(f"{url}/models").json()["data"]]
