@@ -376,3 +376,44 @@ def test_app_api_key_in_browser(browser, tiny_lm: LoadedModel, papi_dir: Path, t
         wait(drv, lambda d: d.execute_script("return document.body.dataset.ready"), what="ready")
         assert not drv.find_element("id", "keybox").is_displayed()
         assert text(drv, "q-text")
+
+
+def test_profile_buttons_do_not_jump_while_the_chart_loads(  # type: ignore[no-untyped-def]
+    browser, tiny_lm: LoadedModel, papi, papi_dir: Path, tmp_path: Path
+) -> None:
+    """The chart is drawn after a fetch, above the align button: its place is held meanwhile.
+
+    With the profile fetch held back by 1.5 s, the align button may move only by the note's
+    few lines of text (which arrive with the profile), not by the chart's height, so that a
+    click sent as the tab opens still lands on the button.
+    """
+    drv = browser
+    inv = papi.inventory
+    answers = papi.person(PERSON).answers(inv, "agreement", inv.shown_ids)
+    cfg = ServeConfig(served_model_name="tiny", data=papi_dir, threads=1)
+    app = create_ui_app(tiny_lm, tmp_path / "appdata", cfg, UIConfig(fit_options=dict(FIT)))
+    with serve_in_thread(app) as url:
+        drv.get(url[: -len("/v1")] + "/app/")
+        wait(drv, lambda d: d.execute_script("return document.body.dataset.ready"), what="page")
+        drv.execute_script(
+            "localStorage.setItem('palign.answers.v1', arguments[0])", json.dumps(answers)
+        )
+        drv.refresh()
+        wait(drv, lambda d: d.execute_script("return document.body.dataset.ready"), what="reload")
+        drv.execute_script(
+            "const f = window.fetch; window.fetch = async (u, o) => {"
+            " if (String(u).includes('/app/api/profile')) await new Promise((r) => setTimeout(r, 1500));"
+            " return f(u, o); }"
+        )  # fmt: skip
+        top = "const b = document.getElementById('align').getBoundingClientRect(); return b.top + window.scrollY"
+        drv.find_element("id", "tab-profile").click()
+        before = drv.execute_script(top)
+        assert not drv.execute_script("return window.__palignProfile")  # still loading
+        wait(drv, lambda d: d.execute_script("return window.__palignProfile"), what="profile")
+        after = drv.execute_script(top)
+        chart_h = drv.execute_script(
+            "return document.getElementById('prof-chart').getBoundingClientRect().height"
+        )
+        assert chart_h > 150  # the chart's height: what the button would jump by
+        print(f"align button top: {before} while loading, {after} drawn; chart {chart_h}")
+        assert abs(after - before) < 80, (before, after, chart_h)

@@ -186,11 +186,13 @@ document.addEventListener("keydown", (e) => {
 // --- profile ---------------------------------------------------------------------------------
 const X0 = 190, W = 420;
 const xs = (v) => X0 + (v - 1) / 4 * W;
+const ROW_H = 34;
+const chartBox = (n) => "0 0 " + (X0 + W + 170) + " " + (n * ROW_H + 30);
 
 function chart(rows) {
-  const h = 34;
+  const h = ROW_H;
   const H = rows.length * h + 30;
-  let s = '<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 ' + (X0 + W + 170) + " " + H + '" role="img">';
+  let s = '<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="' + chartBox(rows.length) + '" role="img">';
   for (let v = 1; v <= 5; v++) {
     s += '<line x1="' + xs(v) + '" x2="' + xs(v) + '" y1="4" y2="' + (H - 22) + '" stroke="#e4e7ec"/>';
     s += '<text x="' + xs(v) + '" y="' + (H - 6) + '" text-anchor="middle">' + v + "</text>";
@@ -225,6 +227,12 @@ async function loadProfile() {
     $("prof-chart").innerHTML = ""; $("prof-facets").innerHTML = "";
     return;
   }
+  $("prof-semantics").textContent = "Scoring (as palign data person): answers are your agreement with each statement (5 = Very Accurate, 1 = Very Inaccurate); " +
+    "for reverse-keyed statements the answer is flipped (6 - answer) so high always means more of the trait; a score is the mean over the answered statements of that trait or facet (1..5). " +
+    "Percentile: the share of the release's persons scoring below you (ties count half), on the same statements.";
+  // until the profile arrives, an empty chart of the final size holds the place, so that the
+  // buttons below do not move under a click
+  if (!$("prof-chart").innerHTML) $("prof-chart").innerHTML = '<svg width="100%" viewBox="' + chartBox(S.info.traits.length) + '"></svg>';
   let p;
   try {
     p = await (await api("/app/api/profile", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ answers: S.answers }) })).json();
@@ -235,9 +243,6 @@ async function loadProfile() {
     "), line: 5th to 95th percentile, dark tick: median. Right: your score, percentile, answered items.";
   $("prof-chart").innerHTML = chart(p.traits);
   $("prof-facets").innerHTML = chart(p.facets);
-  $("prof-semantics").textContent = "Scoring (as palign data person): answers are your agreement with each statement (5 = Very Accurate, 1 = Very Inaccurate); " +
-    "for reverse-keyed statements the answer is flipped (6 - answer) so high always means more of the trait; a score is the mean over the answered statements of that trait or facet (1..5). " +
-    "Percentile: the share of the release's persons scoring below you (ties count half), on the same statements.";
   window.__palignProfile = p; // for tests and the curious
 }
 
