@@ -383,7 +383,7 @@ def test_profile_buttons_do_not_jump_while_the_chart_loads(  # type: ignore[no-u
 ) -> None:
     """The chart is drawn after a fetch, above the align button: its place is held meanwhile.
 
-    With the profile fetch held back by 1.5 s, the align button may move only by the note's
+    With the profile fetch held back, the align button may move only by the note's
     few lines of text (which arrive with the profile), not by the chart's height, so that a
     click sent as the tab opens still lands on the button.
     """
@@ -400,15 +400,18 @@ def test_profile_buttons_do_not_jump_while_the_chart_loads(  # type: ignore[no-u
         )
         drv.refresh()
         wait(drv, lambda d: d.execute_script("return document.body.dataset.ready"), what="reload")
+        # the profile fetch waits until the test lets it go (no timer: nothing to race)
         drv.execute_script(
-            "const f = window.fetch; window.fetch = async (u, o) => {"
-            " if (String(u).includes('/app/api/profile')) await new Promise((r) => setTimeout(r, 1500));"
+            "const f = window.fetch; const held = new Promise((r) => { window.__letGo = r; });"
+            " window.fetch = async (u, o) => {"
+            " if (String(u).includes('/app/api/profile')) await held;"
             " return f(u, o); }"
         )  # fmt: skip
         top = "const b = document.getElementById('align').getBoundingClientRect(); return b.top + window.scrollY"
         drv.find_element("id", "tab-profile").click()
         before = drv.execute_script(top)
         assert not drv.execute_script("return window.__palignProfile")  # still loading
+        drv.execute_script("window.__letGo()")
         wait(drv, lambda d: d.execute_script("return window.__palignProfile"), what="profile")
         after = drv.execute_script(top)
         chart_h = drv.execute_script(
