@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from open_ended_page import family, markdown, plot  # noqa: F401  (family: re-exported)
+from open_ended_page import markdown, plot
 from palign.errors import PalignError
 from palign.judge.generate import read_jsonl
 from palign.judge.run import judge_slug, mean_ci

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from open_ended_page import family  # noqa: E402
 from open_ended_table import (  # noqa: E402
     _fresh,
     constant_reference,
-    family,
     first_person_share,
     item_histogram,
     main,
